@@ -1,0 +1,28 @@
+//! Authentication: who may log in (the [`Authenticator`] trait and its users-file implementation) and how often
+//! they may fail (throttling). Knows nothing of tickets or HTTP.
+
+mod throttle;
+mod users_file;
+
+pub use throttle::{Throttle, Throttled};
+pub use users_file::{UserRecord, UsersFile, hash_password};
+
+use async_trait::async_trait;
+
+use crate::ticket::Principal;
+
+/// Why a login was refused. Deliberately coarse: the user is never told whether the name or the password was wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("authentication backend failed: {0}")]
+    Backend(String),
+}
+
+/// Checks primary credentials. Implementations must take about the same time for an unknown user as for a wrong
+/// password, so that user names cannot be enumerated by timing.
+#[async_trait]
+pub trait Authenticator: Send + Sync {
+    async fn authenticate(&self, username: &str, password: &str) -> Result<Principal, AuthError>;
+}

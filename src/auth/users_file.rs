@@ -1,0 +1,158 @@
+//! Users kept in TOML with argon2id password hashes: the built-in [`Authenticator`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use super::{AuthError, Authenticator};
+use crate::config::ConfigError;
+use crate::ticket::Principal;
+
+/// One user as written in a users file or inline in the config:
+///
+/// ```toml
+/// [[users]]
+/// username = "alice"
+/// password_hash = "$argon2id$v=19$m=19456,t=2,p=1$..."
+/// attributes = { mail = "alice@example.org", memberOf = ["staff", "faculty"] }
+/// ```
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserRecord {
+    pub username: String,
+    pub password_hash: String,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, OneOrMany>,
+}
+
+/// An attribute written as one string or as a list of strings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(v) => vec![v],
+            Self::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersFileText {
+    #[serde(default)]
+    users: Vec<UserRecord>,
+}
+
+struct User {
+    hash: String,
+    principal: Principal,
+}
+
+/// The users of a users file and of the config, checked with argon2id.
+pub struct UsersFile {
+    users: Arc<HashMap<String, User>>,
+    /// Verified against when the user is unknown, so that an unknown name costs as much as a wrong password.
+    decoy_hash: Arc<String>,
+}
+
+impl UsersFile {
+    pub fn new(records: Vec<UserRecord>) -> Self {
+        let users = records
+            .into_iter()
+            .map(|r| {
+                let attributes = r.attributes.into_iter().map(|(k, v)| (k, v.into_vec())).collect();
+                let principal = Principal { id: r.username.clone(), attributes };
+                (r.username, User { hash: r.password_hash, principal })
+            })
+            .collect();
+        let decoy_hash = hash_password("decoy password that matches nothing").expect("hashing a constant works");
+        Self { users: Arc::new(users), decoy_hash: Arc::new(decoy_hash) }
+    }
+
+    /// Reads a users file; errors name the file and the offending user.
+    pub fn read(path: &Path) -> Result<Vec<UserRecord>, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let parsed: UsersFileText =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { file: file.clone(), detail: e.to_string() })?;
+        for (i, u) in parsed.users.iter().enumerate() {
+            if PasswordHash::new(&u.password_hash).is_err() {
+                return Err(ConfigError::Invalid {
+                    file,
+                    key: format!("users[{i}].password_hash"),
+                    value: "<hidden>".into(),
+                    reason: "is not a PHC string; make one with `casd hash-password`".into(),
+                });
+            }
+        }
+        Ok(parsed.users)
+    }
+}
+
+#[async_trait]
+impl Authenticator for UsersFile {
+    async fn authenticate(&self, username: &str, password: &str) -> Result<Principal, AuthError> {
+        let (users, decoy, username, password) =
+            (self.users.clone(), self.decoy_hash.clone(), username.to_owned(), password.to_owned());
+        // argon2 takes tens of milliseconds of CPU: keep it off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let user = users.get(&username);
+            let hash = user.map_or(decoy.as_str(), |u| u.hash.as_str());
+            let parsed = PasswordHash::new(hash).map_err(|e| AuthError::Backend(e.to_string()))?;
+            let ok = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
+            match user {
+                Some(u) if ok => Ok(u.principal.clone()),
+                _ => Err(AuthError::InvalidCredentials),
+            }
+        })
+        .await
+        .map_err(|e| AuthError::Backend(e.to_string()))?
+    }
+}
+
+/// Hashes a password with argon2id and the OWASP-recommended parameters (19 MiB, 2 passes, 1 lane).
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    let params = Params::new(19 * 1024, 2, 1, None)?;
+    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    Ok(argon.hash_password(password.as_bytes(), &salt)?.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn right_password_gives_the_principal_with_attributes() {
+        let record = UserRecord {
+            username: "alice".into(),
+            password_hash: hash_password("s3cret").expect("hash"),
+            attributes: BTreeMap::from([("mail".into(), OneOrMany::One("a@example.org".into()))]),
+        };
+        let users = UsersFile::new(vec![record]);
+        let p = users.authenticate("alice", "s3cret").await.expect("login");
+        assert_eq!(p.id, "alice");
+        assert_eq!(p.attributes["mail"], vec!["a@example.org".to_string()]);
+        assert_eq!(users.authenticate("alice", "wrong").await, Err(AuthError::InvalidCredentials));
+        assert_eq!(users.authenticate("bob", "s3cret").await, Err(AuthError::InvalidCredentials));
+    }
+
+    #[test]
+    fn hashes_are_argon2id_and_salted() {
+        let a = hash_password("x").expect("hash");
+        let b = hash_password("x").expect("hash");
+        assert!(a.starts_with("$argon2id$"));
+        assert_ne!(a, b);
+    }
+}

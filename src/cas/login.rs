@@ -1,0 +1,272 @@
+//! `/login`: the credential requestor (GET) and acceptor (POST), CAS 3.0 §2.1–2.2.
+//!
+//! No server-side HTTP session: the form carries a login ticket kept in the LT map, so the POST may land on any node.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::header::{LOCATION, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+
+use super::AppState;
+use super::pages::{LoginForm, Tone};
+use super::params::{Params, Query};
+use super::services::with_query_param;
+use crate::registry::RegistryError;
+use crate::ticket::{TicketId, now_ms};
+
+/// What `GET /login` must do, decided from the facts of the request alone.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoginStep {
+    /// The `service` is not registered: an error page, never a redirect (§2.2.1).
+    UnknownService,
+    /// SSO: grant a service ticket under the existing TGT and send the browser back.
+    GrantTicket,
+    /// `gateway` without SSO: back to the service with no ticket (§2.1.1).
+    GatewayRedirect,
+    /// SSO but no service: say so.
+    AlreadyLoggedIn,
+    ShowForm,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LoginFacts {
+    /// `None` without a `service` parameter; otherwise whether it is registered.
+    pub service_registered: Option<bool>,
+    pub has_sso: bool,
+    pub renew: bool,
+    pub gateway: bool,
+}
+
+pub fn decide(f: LoginFacts) -> LoginStep {
+    match f.service_registered {
+        Some(false) => LoginStep::UnknownService,
+        _ if f.renew => LoginStep::ShowForm, // renew wins over gateway (§2.1.1)
+        Some(true) if f.has_sso => LoginStep::GrantTicket,
+        None if f.has_sso => LoginStep::AlreadyLoggedIn,
+        Some(true) if f.gateway => LoginStep::GatewayRedirect,
+        _ => LoginStep::ShowForm,
+    }
+}
+
+/// How the ticket goes back to the service (`method`, CAS 3.0 §2.1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResponseMethod {
+    Get,
+    Post,
+    Header,
+}
+
+impl ResponseMethod {
+    fn parse(p: &Params) -> Self {
+        match p.get("method").map(str::to_ascii_uppercase).as_deref() {
+            Some("POST") => Self::Post,
+            Some("HEADER") => Self::Header,
+            _ => Self::Get,
+        }
+    }
+
+    fn form_value(self) -> Option<&'static str> {
+        match self {
+            Self::Get => None,
+            Self::Post => Some("POST"),
+            Self::Header => Some("HEADER"),
+        }
+    }
+}
+
+pub async fn to_login(State(app): State<AppState>) -> Redirect {
+    Redirect::to(&format!("{}/login", app.base_path))
+}
+
+#[tracing::instrument(skip_all, fields(service))]
+pub async fn form(State(app): State<AppState>, headers: HeaderMap, Query(p): Query) -> Response {
+    let now = now_ms();
+    let service = p.get("service");
+    let tgt = match app.cookie.read(&headers) {
+        Some(v) => app.registry.live_tgt(&v, now).await.ok().map(|(id, _)| id),
+        None => None,
+    };
+    let facts = LoginFacts {
+        service_registered: service.map(|s| app.services.find(s).is_some()),
+        has_sso: tgt.is_some(),
+        renew: p.flag("renew"),
+        gateway: p.flag("gateway"),
+    };
+    let method = ResponseMethod::parse(&p);
+    match (decide(facts), service, tgt) {
+        (LoginStep::UnknownService, Some(s), _) => unknown_service(&app, s),
+        (LoginStep::GrantTicket, Some(s), Some(tgt)) => match app.registry.grant_st(&tgt, s, false, now).await {
+            Ok(st) => send_ticket(&app, s, &st, method),
+            Err(e) => {
+                tracing::info!(error = %e, "sso grant failed; asking for credentials");
+                show_form(&app, StatusCode::OK, &p, None, "").await
+            }
+        },
+        (LoginStep::GatewayRedirect, Some(s), _) => Redirect::to(s).into_response(),
+        (LoginStep::AlreadyLoggedIn, _, _) => app.pages.message(
+            StatusCode::OK,
+            "You are logged in",
+            "You have an active single sign-on session. Applications that use this service will let you in without \
+             asking for your password.",
+            Tone::Ok,
+            Some((&format!("{}/logout", app.base_path), "Log out")),
+        ),
+        _ => show_form(&app, StatusCode::OK, &p, None, "").await,
+    }
+}
+
+#[tracing::instrument(skip_all, fields(client = %addr.ip()))]
+pub async fn submit(
+    State(app): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Query(query): Query,
+    body: Bytes,
+) -> Response {
+    let now = now_ms();
+    // The form's fields first; a service given only in the query string still counts.
+    let p = Params::parse(&body).merged(query);
+    let service = p.get("service");
+    if let Some(s) = service {
+        if app.services.find(s).is_none() {
+            return unknown_service(&app, s);
+        }
+    }
+    let username = p.get("username").unwrap_or_default().trim().to_owned();
+    let lt_ok = match p.get("lt") {
+        Some(lt) => app.registry.consume_lt(lt, now).await.is_ok(),
+        None => false,
+    };
+    if !lt_ok {
+        let msg = "Your login form had expired or was already used. Please enter your credentials again.";
+        return show_form(&app, StatusCode::BAD_REQUEST, &p, Some(msg), &username).await;
+    }
+    if let Err(t) = app.throttle.check(&username, addr.ip(), now) {
+        tracing::warn!(retry_after_s = t.retry_after.as_secs(), "login throttled");
+        let msg = format!(
+            "Too many failed attempts for this account. It is locked for {} more seconds.",
+            t.retry_after.as_secs().max(1)
+        );
+        return show_form(&app, StatusCode::TOO_MANY_REQUESTS, &p, Some(&msg), &username).await;
+    }
+    let password = p.get("password").unwrap_or_default();
+    let principal = match app.authenticator.authenticate(&username, password).await {
+        Ok(principal) => principal,
+        Err(e) => {
+            tracing::info!(error = %e, "login failed");
+            app.throttle.record_failure(&username, addr.ip(), now);
+            let msg = "The username or password you entered is incorrect.";
+            return show_form(&app, StatusCode::UNAUTHORIZED, &p, Some(msg), &username).await;
+        }
+    };
+    app.throttle.record_success(&username, addr.ip());
+    let tgt = match app.registry.issue_tgt(principal, now).await {
+        Ok(tgt) => tgt,
+        Err(e) => return unavailable(&app, &e),
+    };
+    tracing::info!(tgt = %tgt.redacted(), "login succeeded");
+    let cookie = app.cookie.set(tgt.as_str());
+    let mut response = match service {
+        Some(s) => match app.registry.grant_st(&tgt, s, true, now).await {
+            Ok(st) => send_ticket(&app, s, &st, ResponseMethod::parse(&p)),
+            Err(e) => unavailable(&app, &e),
+        },
+        None => app.pages.message(
+            StatusCode::OK,
+            "Log in successful",
+            "You are now logged in. For security, log out and close your browser when you are done.",
+            Tone::Ok,
+            Some((&format!("{}/logout", app.base_path), "Log out")),
+        ),
+    };
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(SET_COOKIE, v);
+    }
+    response
+}
+
+async fn show_form(app: &AppState, status: StatusCode, p: &Params, error: Option<&str>, username: &str) -> Response {
+    let lt = match app.registry.issue_lt(now_ms()).await {
+        Ok(lt) => lt,
+        Err(e) => return unavailable(app, &e),
+    };
+    let service = p.get("service");
+    let form = LoginForm {
+        lt: lt.as_str(),
+        service,
+        service_name: service.and_then(|s| app.services.find(s)).map(|s| s.name.as_str()),
+        method: ResponseMethod::parse(p).form_value(),
+        username,
+        error,
+    };
+    app.pages.login(status, &format!("{}/login", app.base_path), &form)
+}
+
+fn send_ticket(app: &AppState, service: &str, st: &TicketId, method: ResponseMethod) -> Response {
+    match method {
+        ResponseMethod::Get => {
+            let location = with_query_param(service, "ticket", st.as_str());
+            match HeaderValue::from_str(&location) {
+                Ok(v) => (StatusCode::FOUND, [(LOCATION, v)]).into_response(),
+                Err(_) => unknown_service(app, service),
+            }
+        }
+        ResponseMethod::Post => app.pages.post_redirect(service, st.as_str()),
+        ResponseMethod::Header => {
+            let mut r = StatusCode::OK.into_response();
+            for (name, value) in [("service", service), ("ticket", st.as_str())] {
+                if let Ok(v) = HeaderValue::from_str(value) {
+                    r.headers_mut().insert(HeaderName::from_static(name), v);
+                }
+            }
+            r
+        }
+    }
+}
+
+fn unknown_service(app: &AppState, service: &str) -> Response {
+    tracing::info!(service, "login for an unregistered service refused");
+    app.pages.message(
+        StatusCode::FORBIDDEN,
+        "Application not authorized",
+        "The application you came from is not registered to use this single sign-on service, so you will not be \
+         sent back to it. Please contact the application's administrator.",
+        Tone::Error,
+        None,
+    )
+}
+
+fn unavailable(app: &AppState, e: &RegistryError) -> Response {
+    tracing::warn!(error = %e, "login could not be completed");
+    app.pages.message(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Temporarily unavailable",
+        "The sign-on service cannot complete your login right now. Please try again in a moment.",
+        Tone::Error,
+        None,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(service_registered: Option<bool>, has_sso: bool, renew: bool, gateway: bool) -> LoginFacts {
+        LoginFacts { service_registered, has_sso, renew, gateway }
+    }
+
+    #[test]
+    fn login_decisions_follow_the_spec() {
+        assert_eq!(decide(facts(Some(false), true, false, false)), LoginStep::UnknownService);
+        assert_eq!(decide(facts(Some(false), false, false, true)), LoginStep::UnknownService);
+        assert_eq!(decide(facts(Some(true), true, false, false)), LoginStep::GrantTicket);
+        assert_eq!(decide(facts(Some(true), true, true, false)), LoginStep::ShowForm, "renew forces credentials");
+        assert_eq!(decide(facts(Some(true), false, true, true)), LoginStep::ShowForm, "renew beats gateway");
+        assert_eq!(decide(facts(Some(true), false, false, true)), LoginStep::GatewayRedirect);
+        assert_eq!(decide(facts(Some(true), true, false, true)), LoginStep::GrantTicket);
+        assert_eq!(decide(facts(None, false, false, true)), LoginStep::ShowForm, "gateway without service");
+        assert_eq!(decide(facts(None, true, false, false)), LoginStep::AlreadyLoggedIn);
+    }
+}

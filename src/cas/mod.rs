@@ -1,0 +1,41 @@
+//! The CAS protocol layer: HTTP endpoints, response rendering, the login page, the service registry, single logout
+//! and the proxy callback client. Knows tickets and the [`TicketRegistry`], never the cluster.
+
+pub mod cookie;
+pub mod error;
+pub mod login;
+mod logout;
+pub mod pages;
+pub mod params;
+pub mod pgt_callback;
+mod proxy;
+pub mod render;
+mod router;
+mod saml;
+pub mod services;
+pub mod slo;
+mod validate;
+
+use std::sync::Arc;
+
+pub use router::router;
+
+use crate::auth::{Authenticator, Throttle};
+use crate::registry::TicketRegistry;
+
+/// Everything a request handler may use.
+pub struct App {
+    pub base_path: String,
+    pub registry: Arc<TicketRegistry>,
+    pub services: services::ServiceRegistry,
+    pub authenticator: Arc<dyn Authenticator>,
+    pub throttle: Throttle,
+    pub pages: pages::Pages,
+    pub cookie: cookie::TgcCookie,
+    pub slo: Arc<slo::SloSender>,
+    pub pgt_callback: pgt_callback::PgtCallback,
+    /// Release attributes on the CAS 2.0 validation endpoints too.
+    pub cas2_attributes: bool,
+}
+
+pub type AppState = Arc<App>;

@@ -1,0 +1,161 @@
+//! The service registry: which applications may use this CAS server, what they may do, and what they are told.
+
+use regex::Regex;
+
+use crate::config::ServiceConfig;
+
+/// A registered service, compiled from config.
+#[derive(Debug)]
+pub struct RegisteredService {
+    pub id: u32,
+    pub name: String,
+    pattern: Regex,
+    proxy_callback: Option<Regex>,
+    pub slo: bool,
+    release: Vec<String>,
+}
+
+impl RegisteredService {
+    /// Whether this service may obtain proxy-granting tickets at all.
+    pub fn may_proxy(&self) -> bool {
+        self.proxy_callback.is_some()
+    }
+
+    /// Whether this service may obtain a PGT by calling back `pgt_url`.
+    pub fn may_proxy_to(&self, pgt_url: &str) -> bool {
+        self.proxy_callback.as_ref().is_some_and(|p| p.is_match(pgt_url))
+    }
+
+    pub fn releases(&self, attribute: &str) -> bool {
+        self.release.iter().any(|r| r == "*" || r == attribute)
+    }
+}
+
+/// Services in evaluation order (lowest id first).
+#[derive(Debug)]
+pub struct ServiceRegistry {
+    services: Vec<RegisteredService>,
+}
+
+impl ServiceRegistry {
+    /// Compiles the configured services. Patterns were checked by config validation; they are anchored here so a
+    /// pattern always matches the whole URL (Apereo's default full-regex matching).
+    pub fn new(configs: &[ServiceConfig]) -> Result<Self, regex::Error> {
+        let mut services = configs
+            .iter()
+            .map(|c| {
+                Ok(RegisteredService {
+                    id: c.id,
+                    name: c.name.clone(),
+                    pattern: anchored(&c.pattern)?,
+                    proxy_callback: c.proxy_callback_pattern.as_deref().map(anchored).transpose()?,
+                    slo: c.slo,
+                    release: c.release.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, regex::Error>>()?;
+        services.sort_by_key(|s| s.id);
+        Ok(Self { services })
+    }
+
+    /// The service a URL belongs to, if any. Only absolute http(s) URLs can be services.
+    pub fn find(&self, service_url: &str) -> Option<&RegisteredService> {
+        let parsed = url::Url::parse(service_url).ok()?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return None;
+        }
+        self.services.iter().find(|s| s.pattern.is_match(service_url))
+    }
+}
+
+fn anchored(pattern: &str) -> Result<Regex, regex::Error> {
+    Regex::new(&format!("^(?:{pattern})$"))
+}
+
+/// Whether the service given at validation is the one the ticket was issued for (CAS 3.0 §3.1.1). As Apereo does:
+/// ignore the `#fragment` and any `;jsessionid=`, compare case-insensitively, otherwise exactly.
+pub fn same_service(issued_for: &str, presented: &str) -> bool {
+    normalise(issued_for).eq_ignore_ascii_case(&normalise(presented))
+}
+
+fn normalise(service: &str) -> String {
+    let without_fragment = service.split('#').next().unwrap_or_default();
+    match without_fragment.to_ascii_lowercase().find(";jsessionid=") {
+        Some(start) => {
+            let rest = &without_fragment[start + 1..];
+            let end = rest.find(['?', ';']).map_or(without_fragment.len(), |e| start + 1 + e);
+            format!("{}{}", &without_fragment[..start], &without_fragment[end..])
+        }
+        None => without_fragment.to_owned(),
+    }
+}
+
+/// Appends a query parameter the way CAS clients expect: `?` or `&` as needed, any `#fragment` kept last.
+pub fn with_query_param(url: &str, name: &str, value: &str) -> String {
+    let (base, fragment) = match url.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (url, None),
+    };
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let encoded: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+    let mut out = format!("{base}{sep}{name}={encoded}");
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> ServiceRegistry {
+        let svc = |id, pattern: &str, proxy: Option<&str>| ServiceConfig {
+            id,
+            name: format!("s{id}"),
+            pattern: pattern.into(),
+            proxy_callback_pattern: proxy.map(Into::into),
+            slo: true,
+            release: vec!["mail".into()],
+        };
+        ServiceRegistry::new(&[
+            svc(2, r"https://app\.example\.org/.*", None),
+            svc(1, r"https://app\.example\.org/admin/.*", Some(r"https://app\.example\.org/cb")),
+        ])
+        .expect("patterns compile")
+    }
+
+    #[test]
+    fn lowest_id_wins_and_patterns_are_anchored() {
+        let r = registry();
+        assert_eq!(r.find("https://app.example.org/admin/x").map(|s| s.id), Some(1));
+        assert_eq!(r.find("https://app.example.org/home").map(|s| s.id), Some(2));
+        assert!(r.find("https://evil.example/?https://app.example.org/x").is_none());
+        assert!(r.find("javascript:alert(1)").is_none());
+    }
+
+    #[test]
+    fn proxy_policy_and_release() {
+        let r = registry();
+        let admin = r.find("https://app.example.org/admin/x").expect("registered");
+        assert!(admin.may_proxy_to("https://app.example.org/cb"));
+        assert!(!admin.may_proxy_to("https://app.example.org/cb/other"));
+        assert!(admin.releases("mail") && !admin.releases("memberOf"));
+        assert!(!r.find("https://app.example.org/x").expect("registered").may_proxy_to("https://app.example.org/cb"));
+    }
+
+    #[test]
+    fn service_match_ignores_fragment_case_and_jsessionid() {
+        assert!(same_service("https://App.example.org/a?x=1", "https://app.example.org/a?x=1#top"));
+        assert!(same_service("https://a/x;jsessionid=ABC?y=1", "https://a/x?y=1"));
+        assert!(!same_service("https://a/x", "https://a/x/"));
+        assert!(!same_service("https://a/x?y=1", "https://a/x?y=2"));
+    }
+
+    #[test]
+    fn ticket_is_appended_before_the_fragment() {
+        assert_eq!(with_query_param("https://a/p", "ticket", "ST-1"), "https://a/p?ticket=ST-1");
+        assert_eq!(with_query_param("https://a/p?x=1#f", "ticket", "ST-1"), "https://a/p?x=1&ticket=ST-1#f");
+    }
+}

@@ -1,0 +1,361 @@
+//! Typed configuration: a TOML file (or the embedded single-node default) parsed with unknown keys refused, then
+//! validated so that every error names the file, the key and the value.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ticket::ExpiryPolicy;
+
+/// The single-node demo configuration `casd` runs when given no file. Also shipped as `cluster-configs/single.toml`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../cluster-configs/single.toml");
+/// The name used for the embedded configuration in error messages.
+pub const EMBEDDED_NAME: &str = "<embedded single.toml>";
+
+/// A configuration error that says where: the file, the key path and what was wrong with the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read { file: String, source: std::io::Error },
+    #[error("{file}: {detail}")]
+    Parse { file: String, detail: String },
+    #[error("{file}: {key}: {reason} (got {value:?})")]
+    Invalid { file: String, key: String, value: String, reason: String },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// True for the embedded demo configuration; set by [`Config::embedded`], never read from a file.
+    #[serde(skip)]
+    pub is_demo: bool,
+    /// Where this configuration came from, for error messages.
+    #[serde(skip)]
+    pub source: String,
+    pub node: NodeConfig,
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub cookie: CookieConfig,
+    #[serde(default)]
+    pub tickets: TicketsConfig,
+    #[serde(default)]
+    pub protocol: ProtocolConfig,
+    #[serde(default)]
+    pub throttle: ThrottleConfig,
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub slo: SloConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Short node id, 1 to 16 ASCII letters and digits; ends every ticket id this node issues.
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on; port 0 picks a free port (tests).
+    pub listen: SocketAddr,
+    /// Path under which every CAS endpoint lives, e.g. `/cas`.
+    #[serde(default = "default_base_path")]
+    pub base_path: String,
+    /// Serve and accept plain http. Only for development: it also drops `Secure` from the TGC cookie.
+    #[serde(default)]
+    pub allow_plain_http: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CookieConfig {
+    pub name: String,
+}
+
+impl Default for CookieConfig {
+    fn default() -> Self {
+        Self { name: "TGC".into() }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TicketsConfig {
+    #[serde(with = "humantime_serde")]
+    pub st_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub pt_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tgt_max_lifetime: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tgt_idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lt_ttl: Duration,
+    /// How often expired tickets are removed (and single logout sent for expired TGTs). Expiry is checked on every
+    /// read regardless.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+impl Default for TicketsConfig {
+    fn default() -> Self {
+        let p = ExpiryPolicy::default();
+        Self {
+            st_ttl: p.st_ttl,
+            pt_ttl: p.pt_ttl,
+            tgt_max_lifetime: p.tgt_max_lifetime,
+            tgt_idle_timeout: p.tgt_idle_timeout,
+            lt_ttl: p.lt_ttl,
+            sweep_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl TicketsConfig {
+    pub fn policy(&self) -> ExpiryPolicy {
+        ExpiryPolicy {
+            st_ttl: self.st_ttl,
+            pt_ttl: self.pt_ttl,
+            tgt_max_lifetime: self.tgt_max_lifetime,
+            tgt_idle_timeout: self.tgt_idle_timeout,
+            lt_ttl: self.lt_ttl,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProtocolConfig {
+    /// Release attributes on the CAS 2.0 endpoints too (Apereo's `v3-forward-compatible`).
+    pub cas2_attributes: bool,
+}
+
+impl Default for ProtocolConfig {
+    fn default() -> Self {
+        Self { cas2_attributes: true }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThrottleConfig {
+    /// Failed logins allowed per username and client address within `window` before further attempts are refused.
+    pub max_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        Self { max_failures: 10, window: Duration::from_secs(60) }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Timeout of the `pgtUrl` callback.
+    #[serde(with = "humantime_serde")]
+    pub callback_timeout: Duration,
+    /// Extra CA certificates (PEM) trusted for `pgtUrl` callbacks, for services behind a private CA.
+    pub extra_ca_file: Option<PathBuf>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self { callback_timeout: Duration::from_secs(5), extra_ca_file: None }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SloConfig {
+    pub enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Back-channel requests in flight at once, across all logouts.
+    pub max_concurrency: usize,
+}
+
+impl Default for SloConfig {
+    fn default() -> Self {
+        Self { enabled: true, timeout: Duration::from_secs(5), max_concurrency: 32 }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A TOML users file (see `UsersFile`); relative paths are taken from the config file's folder.
+    pub users_file: Option<PathBuf>,
+    /// Users written inline, same form as in the users file.
+    pub users: Vec<crate::auth::UserRecord>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Unique id; when several patterns match, the lowest id wins.
+    pub id: u32,
+    pub name: String,
+    /// Regular expression matched against the whole service URL.
+    pub pattern: String,
+    /// Regular expression for the `pgtUrl`s this service may use; absent = this service may not proxy.
+    #[serde(default)]
+    pub proxy_callback_pattern: Option<String>,
+    /// Send back-channel single logout to this service.
+    #[serde(default = "yes")]
+    pub slo: bool,
+    /// Attributes released to this service; `["*"]` releases all.
+    #[serde(default)]
+    pub release: Vec<String>,
+}
+
+fn default_base_path() -> String {
+    "/cas".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Config {
+    /// The embedded single-node demo configuration.
+    pub fn embedded() -> Self {
+        let mut config = Self::parse(EMBEDDED_DEFAULT, EMBEDDED_NAME).expect("the embedded config is tested to parse");
+        config.is_demo = true;
+        config
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let mut config = Self::parse(&text, &file)?;
+        if let (Some(users_file), Some(dir)) = (&config.auth.users_file, path.parent()) {
+            config.auth.users_file = Some(dir.join(users_file));
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.into(), detail: e.to_string() })?;
+        config.source = file.into();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn invalid(&self, key: &str, value: impl ToString, reason: &str) -> ConfigError {
+        ConfigError::Invalid { file: self.source.clone(), key: key.into(), value: value.to_string(), reason: reason.into() }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let name = &self.node.name;
+        if name.is_empty() || name.len() > 16 || !name.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(self.invalid("node.name", name, "must be 1 to 16 ASCII letters or digits"));
+        }
+        let base = &self.http.base_path;
+        if !base.starts_with('/') || base.ends_with('/') || base.contains(['?', '#', ' ']) {
+            return Err(self.invalid("http.base_path", base, "must start with '/' and not end with '/', e.g. \"/cas\""));
+        }
+        let cookie = &self.cookie.name;
+        if cookie.is_empty() || !cookie.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(self.invalid("cookie.name", cookie, "must be letters, digits, '_' or '-'"));
+        }
+        let t = &self.tickets;
+        for (key, value) in [
+            ("tickets.st_ttl", t.st_ttl),
+            ("tickets.pt_ttl", t.pt_ttl),
+            ("tickets.tgt_max_lifetime", t.tgt_max_lifetime),
+            ("tickets.tgt_idle_timeout", t.tgt_idle_timeout),
+            ("tickets.lt_ttl", t.lt_ttl),
+            ("tickets.sweep_interval", t.sweep_interval),
+            ("throttle.window", self.throttle.window),
+            ("proxy.callback_timeout", self.proxy.callback_timeout),
+            ("slo.timeout", self.slo.timeout),
+        ] {
+            if value.is_zero() {
+                return Err(self.invalid(key, humantime::format_duration(value), "must be greater than zero"));
+            }
+        }
+        if self.slo.max_concurrency == 0 {
+            return Err(self.invalid("slo.max_concurrency", 0, "must be at least 1"));
+        }
+        if self.throttle.max_failures == 0 {
+            return Err(self.invalid("throttle.max_failures", 0, "must be at least 1"));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            if !ids.insert(s.id) {
+                return Err(self.invalid(&format!("services[{i}].id"), s.id, "is used by another service"));
+            }
+            if let Err(e) = regex::Regex::new(&s.pattern) {
+                return Err(self.invalid(&format!("services[{i}].pattern"), &s.pattern, &e.to_string()));
+            }
+            if let Some(p) = &s.proxy_callback_pattern {
+                if let Err(e) = regex::Regex::new(p) {
+                    return Err(self.invalid(&format!("services[{i}].proxy_callback_pattern"), p, &e.to_string()));
+                }
+            }
+        }
+        for (i, u) in self.auth.users.iter().enumerate() {
+            if argon2::PasswordHash::new(&u.password_hash).is_err() {
+                return Err(self.invalid(
+                    &format!("auth.users[{i}].password_hash"),
+                    "<hidden>",
+                    "is not a PHC string; make one with `casd hash-password`",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses_and_is_a_demo() {
+        let c = Config::embedded();
+        assert!(c.is_demo);
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.http.base_path, "/cas");
+        assert!(!c.services.is_empty());
+        assert_eq!(c.auth.users[0].username, "casuser");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_the_file() {
+        let text = EMBEDDED_DEFAULT.replace("[http]", "[http]\nlisten_port = 1");
+        let e = Config::parse(&text, "a.toml").unwrap_err().to_string();
+        assert!(e.starts_with("a.toml: "), "{e}");
+        assert!(e.contains("listen_port"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_value() {
+        let text = EMBEDDED_DEFAULT.replace("st_ttl = \"10s\"", "st_ttl = \"0s\"");
+        let e = Config::parse(&text, "b.toml").unwrap_err().to_string();
+        assert_eq!(e, "b.toml: tickets.st_ttl: must be greater than zero (got \"0s\")");
+        let text = EMBEDDED_DEFAULT.replace("name = \"casd1\"", "name = \"cas-1.example\"");
+        let e = Config::parse(&text, "c.toml").unwrap_err().to_string();
+        assert!(e.contains("node.name") && e.contains("cas-1.example"), "{e}");
+    }
+
+    #[test]
+    fn bad_service_pattern_is_named() {
+        let text = format!("{EMBEDDED_DEFAULT}\n[[services]]\nid = 99\nname = \"x\"\npattern = \"(\"\n");
+        let e = Config::parse(&text, "d.toml").unwrap_err().to_string();
+        assert!(e.contains("services[1].pattern") && e.contains("\"(\""), "{e}");
+    }
+}

@@ -1,0 +1,115 @@
+//! The `casd` binary: command-line parsing, logging set-up and the process's lifetime. The only place that uses
+//! `anyhow`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use base64::Engine;
+use casd::{Config, Node};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "casd", version, about = "A clustered CAS single sign-on server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (the default). Without --config, runs the embedded single-node demo configuration.
+    Serve {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file and exit; errors name the file, key and value.
+    CheckConfig { file: PathBuf },
+    /// Print a new random 32-byte cluster key, base64-encoded.
+    Keygen,
+    /// Read a password from standard input and print its argon2id hash for a users file.
+    HashPassword,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve { config: None }) {
+        Command::Serve { config } => serve(config),
+        Command::CheckConfig { file } => {
+            let config = Config::load(&file)?;
+            if let Some(users) = &config.auth.users_file {
+                casd::auth::UsersFile::read(users)?;
+            }
+            println!("{}: ok ({} services)", file.display(), config.services.len());
+            Ok(())
+        }
+        Command::Keygen => {
+            let mut key = [0u8; 32];
+            rand::fill(&mut key);
+            println!("{}", base64::engine::general_purpose::STANDARD.encode(key));
+            Ok(())
+        }
+        Command::HashPassword => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                eprint!("password: ");
+                std::io::stderr().flush()?;
+            }
+            let mut line = String::new();
+            stdin.lock().read_line(&mut line)?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!password.is_empty(), "empty password");
+            let hash = casd::auth::hash_password(password).map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?;
+            println!("{hash}");
+            Ok(())
+        }
+    }
+}
+
+fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,casd=info".into()),
+        )
+        .init();
+    let config = match &path {
+        Some(p) => Config::load(p)?,
+        None => Config::embedded(),
+    };
+    if config.is_demo {
+        tracing::warn!(
+            "RUNNING THE EMBEDDED DEMO CONFIGURATION: plain http, demo user casuser/Mellon, any localhost service. \
+             Not for production; pass --config FILE."
+        );
+    }
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let mut node = Node::start(config).await?;
+        tracing::info!(url = %node.base_url(), "serving");
+        tokio::select! {
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down");
+                node.shutdown().await;
+            }
+            _ = node.wait() => anyhow::bail!("the http server stopped"),
+        }
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,93 @@
+//! One ticket map: the storage seam under the registry.
+//!
+//! A single node uses [`LocalMap`]; the cluster plugs in replicated maps that implement the same trait, so the
+//! protocol layer never changes. Every operation is atomic per key: `take` in particular is a compare-and-delete, the
+//! only way a one-time ticket may be consumed.
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+
+use crate::ticket::{EpochMs, ExpiryPolicy, Ticket, TicketId};
+
+/// Why a map could not carry out an operation. A ticket that is simply absent is `Ok(None)`, not an error.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MapError {
+    /// The write reached fewer copies than the configuration requires (cluster only).
+    #[error("write reached {copies} of {needed} required copies")]
+    Unavailable { copies: usize, needed: usize },
+    /// The node that must decide this ticket could not be asked (cluster only).
+    #[error("the owner of the ticket is unreachable")]
+    OwnerUnreachable,
+}
+
+#[async_trait]
+pub trait TicketMap<V: Ticket>: Send + Sync {
+    /// Stores a new ticket. Ids are random, so an existing entry is never overwritten in practice.
+    async fn insert(&self, id: &TicketId, value: V) -> Result<(), MapError>;
+    /// Reads a ticket without changing it. Expiry is the caller's to check.
+    async fn get(&self, id: &TicketId) -> Option<V>;
+    /// Removes and returns the ticket in one atomic step: at most one caller ever gets `Some` for an id.
+    async fn take(&self, id: &TicketId) -> Result<Option<V>, MapError>;
+    /// Applies a change to a stored ticket; returns the changed ticket, or `None` when it is absent.
+    async fn change(&self, id: &TicketId, change: V::Change) -> Result<Option<V>, MapError>;
+    /// Removes every ticket expired at `now` and returns them (for single logout of expired TGTs).
+    async fn sweep(&self, policy: &ExpiryPolicy, now: EpochMs) -> Vec<(TicketId, V)>;
+    /// Removes every ticket for which `doomed` holds (e.g. the PGTs of a destroyed TGT).
+    async fn remove_where(&self, doomed: &(dyn for<'v> Fn(&'v V) -> bool + Sync)) -> usize;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An in-memory map for a single node. DashMap's shard locks make each operation atomic per key, and no lock is held
+/// across an `.await`.
+pub struct LocalMap<V> {
+    entries: DashMap<TicketId, V>,
+}
+
+impl<V> Default for LocalMap<V> {
+    fn default() -> Self {
+        Self { entries: DashMap::new() }
+    }
+}
+
+#[async_trait]
+impl<V: Ticket> TicketMap<V> for LocalMap<V> {
+    async fn insert(&self, id: &TicketId, value: V) -> Result<(), MapError> {
+        self.entries.insert(id.clone(), value);
+        Ok(())
+    }
+
+    async fn get(&self, id: &TicketId) -> Option<V> {
+        self.entries.get(id).map(|e| e.value().clone())
+    }
+
+    async fn take(&self, id: &TicketId) -> Result<Option<V>, MapError> {
+        Ok(self.entries.remove(id).map(|(_, v)| v))
+    }
+
+    async fn change(&self, id: &TicketId, change: V::Change) -> Result<Option<V>, MapError> {
+        Ok(self.entries.get_mut(id).map(|mut e| {
+            e.apply(&change);
+            e.clone()
+        }))
+    }
+
+    async fn sweep(&self, policy: &ExpiryPolicy, now: EpochMs) -> Vec<(TicketId, V)> {
+        let expired: Vec<TicketId> =
+            self.entries.iter().filter(|e| e.value().is_expired(policy, now)).map(|e| e.key().clone()).collect();
+        // Re-check under the shard lock: the ticket may have been touched since the scan.
+        expired.into_iter().filter_map(|id| self.entries.remove_if(&id, |_, v| v.is_expired(policy, now))).collect()
+    }
+
+    async fn remove_where(&self, doomed: &(dyn for<'v> Fn(&'v V) -> bool + Sync)) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|_, v| !doomed(&*v));
+        before.saturating_sub(self.entries.len())
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}

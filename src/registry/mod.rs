@@ -1,0 +1,242 @@
+//! The ticket registry: the typed operations the protocol layer needs (issue, read, consume, change, destroy) over
+//! one [`TicketMap`] per ticket kind. This is the seam between CAS and the cluster: the protocol layer sees only this
+//! API, and a single node runs it over local maps.
+
+pub mod map;
+
+use std::sync::Arc;
+
+pub use map::{LocalMap, MapError, TicketMap};
+
+use crate::ticket::{
+    EpochMs, ExpiryPolicy, IdGenerator, LoginTicket, Pgt, Principal, ServiceTicket, Ticket, TicketId, TicketKind, Tgt,
+    TgtChange,
+};
+
+/// One map per ticket kind. PGTIOUs are never stored: they live only in the validation response and the callback.
+#[derive(Clone)]
+pub struct Maps {
+    pub tgt: Arc<dyn TicketMap<Tgt>>,
+    pub st: Arc<dyn TicketMap<ServiceTicket>>,
+    pub pt: Arc<dyn TicketMap<ServiceTicket>>,
+    pub pgt: Arc<dyn TicketMap<Pgt>>,
+    pub lt: Arc<dyn TicketMap<LoginTicket>>,
+}
+
+impl Maps {
+    /// In-memory maps for a single node.
+    pub fn local() -> Self {
+        Self {
+            tgt: Arc::new(LocalMap::default()),
+            st: Arc::new(LocalMap::default()),
+            pt: Arc::new(LocalMap::default()),
+            pgt: Arc::new(LocalMap::default()),
+            lt: Arc::new(LocalMap::default()),
+        }
+    }
+}
+
+/// Refusals (the ticket is not good) are kept apart from outages (the registry could not answer).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegistryError {
+    #[error("ticket not recognized")]
+    NotFound,
+    #[error("ticket expired")]
+    Expired,
+    #[error("ticket is of the wrong kind for this use")]
+    WrongKind,
+    #[error("the ticket-granting ticket behind this ticket has ended")]
+    SessionEnded,
+    #[error(transparent)]
+    Map(#[from] MapError),
+}
+
+/// The registry of one node.
+pub struct TicketRegistry {
+    ids: IdGenerator,
+    policy: ExpiryPolicy,
+    maps: Maps,
+}
+
+/// A consumed service or proxy ticket with the TGT it was granted under.
+#[derive(Clone, Debug)]
+pub struct Consumed {
+    pub kind: TicketKind,
+    pub ticket: ServiceTicket,
+    pub tgt: Tgt,
+}
+
+impl TicketRegistry {
+    pub fn new(ids: IdGenerator, policy: ExpiryPolicy, maps: Maps) -> Self {
+        Self { ids, policy, maps }
+    }
+
+    pub fn policy(&self) -> &ExpiryPolicy {
+        &self.policy
+    }
+
+    /// How many tickets each map holds, expired ones the sweeper has not reached included.
+    pub fn sizes(&self) -> [(TicketKind, usize); 5] {
+        [
+            (TicketKind::Tgt, self.maps.tgt.len()),
+            (TicketKind::St, self.maps.st.len()),
+            (TicketKind::Pt, self.maps.pt.len()),
+            (TicketKind::Pgt, self.maps.pgt.len()),
+            (TicketKind::Lt, self.maps.lt.len()),
+        ]
+    }
+
+    pub async fn issue_lt(&self, now: EpochMs) -> Result<TicketId, RegistryError> {
+        let id = self.ids.mint(TicketKind::Lt);
+        self.maps.lt.insert(&id, LoginTicket { created: now }).await?;
+        Ok(id)
+    }
+
+    /// Uses up a login ticket; it is gone afterwards whatever the login's outcome (CAS 3.0 §3.5.1).
+    pub async fn consume_lt(&self, raw: &str, now: EpochMs) -> Result<(), RegistryError> {
+        let id = parse_kind(raw, &[TicketKind::Lt])?;
+        let lt = self.maps.lt.take(&id).await?.ok_or(RegistryError::NotFound)?;
+        if lt.is_expired(&self.policy, now) {
+            return Err(RegistryError::Expired);
+        }
+        Ok(())
+    }
+
+    pub async fn issue_tgt(&self, principal: Principal, now: EpochMs) -> Result<TicketId, RegistryError> {
+        let id = self.ids.mint(TicketKind::Tgt);
+        let tgt = Tgt { principal, created: now, last_used: now, services: Default::default() };
+        self.maps.tgt.insert(&id, tgt).await?;
+        Ok(id)
+    }
+
+    /// The TGT behind a cookie value, if it exists and has not expired.
+    pub async fn live_tgt(&self, raw: &str, now: EpochMs) -> Result<(TicketId, Tgt), RegistryError> {
+        let id = parse_kind(raw, &[TicketKind::Tgt])?;
+        let tgt = self.maps.tgt.get(&id).await.ok_or(RegistryError::NotFound)?;
+        if tgt.is_expired(&self.policy, now) {
+            return Err(RegistryError::Expired);
+        }
+        Ok((id, tgt))
+    }
+
+    /// Grants a service ticket under a live TGT and records the service in the TGT for single logout.
+    pub async fn grant_st(
+        &self,
+        tgt_id: &TicketId,
+        service: &str,
+        from_new_login: bool,
+        now: EpochMs,
+    ) -> Result<TicketId, RegistryError> {
+        self.live_tgt(tgt_id.as_str(), now).await?;
+        let st = ServiceTicket {
+            service: service.to_owned(),
+            tgt: tgt_id.to_string(),
+            from_new_login,
+            created: now,
+            proxies: Vec::new(),
+        };
+        self.grant(TicketKind::St, tgt_id, st, now).await
+    }
+
+    async fn grant(
+        &self,
+        kind: TicketKind,
+        tgt_id: &TicketId,
+        ticket: ServiceTicket,
+        now: EpochMs,
+    ) -> Result<TicketId, RegistryError> {
+        let id = self.ids.mint(kind);
+        let map = if kind == TicketKind::Pt { &self.maps.pt } else { &self.maps.st };
+        let service = ticket.service.clone();
+        map.insert(&id, ticket).await?;
+        let change = TgtChange::Granted { ticket: id.to_string(), service, at: now };
+        if self.maps.tgt.change(tgt_id, change).await?.is_none() {
+            // The TGT ended (logout) between the check and the grant: the new ticket must not outlive it.
+            let _ = map.take(&id).await;
+            return Err(RegistryError::SessionEnded);
+        }
+        Ok(id)
+    }
+
+    /// Consumes a service ticket (and, when `accept_pt`, a proxy ticket) whatever the outcome of the validation that
+    /// follows: CAS 3.0 §3.1.1 makes every validation attempt use the ticket up.
+    pub async fn consume(&self, raw: &str, accept_pt: bool, now: EpochMs) -> Result<Consumed, RegistryError> {
+        let id = parse_kind(raw, &[TicketKind::St, TicketKind::Pt])?;
+        let kind = id.kind();
+        let map = if kind == TicketKind::Pt { &self.maps.pt } else { &self.maps.st };
+        let ticket = map.take(&id).await?.ok_or(RegistryError::NotFound)?;
+        if kind == TicketKind::Pt && !accept_pt {
+            return Err(RegistryError::WrongKind);
+        }
+        if ticket.is_expired(&self.policy, now) {
+            return Err(RegistryError::Expired);
+        }
+        let tgt = match self.live_tgt(&ticket.tgt, now).await {
+            Ok((_, tgt)) => tgt,
+            Err(RegistryError::NotFound | RegistryError::Expired) => return Err(RegistryError::SessionEnded),
+            Err(e) => return Err(e),
+        };
+        Ok(Consumed { kind, ticket, tgt })
+    }
+
+    /// Mints a PGT id and an independent PGTIOU. Nothing is stored until the callback has succeeded.
+    pub fn mint_pgt(&self) -> (TicketId, TicketId) {
+        (self.ids.mint(TicketKind::Pgt), self.ids.mint(TicketKind::PgtIou))
+    }
+
+    pub async fn store_pgt(&self, id: &TicketId, pgt: Pgt) -> Result<(), RegistryError> {
+        Ok(self.maps.pgt.insert(id, pgt).await?)
+    }
+
+    /// Grants a proxy ticket for `target` with a live PGT. The PT carries the PGT's proxy chain.
+    pub async fn grant_pt(&self, raw_pgt: &str, target: &str, now: EpochMs) -> Result<TicketId, RegistryError> {
+        let pgt_id = parse_kind(raw_pgt, &[TicketKind::Pgt])?;
+        let pgt = self.maps.pgt.get(&pgt_id).await.ok_or(RegistryError::NotFound)?;
+        if pgt.is_expired(&self.policy, now) {
+            return Err(RegistryError::Expired);
+        }
+        let (tgt_id, _) = self.live_tgt(&pgt.tgt, now).await.map_err(|_| RegistryError::SessionEnded)?;
+        let pt = ServiceTicket {
+            service: target.to_owned(),
+            tgt: pgt.tgt.clone(),
+            from_new_login: false,
+            created: now,
+            proxies: pgt.proxies.clone(),
+        };
+        self.grant(TicketKind::Pt, &tgt_id, pt, now).await
+    }
+
+    /// Ends an SSO session: removes the TGT and every PGT under it. Returns the TGT for single logout.
+    pub async fn destroy_tgt(&self, raw: &str) -> Result<Option<Tgt>, RegistryError> {
+        let Ok(id) = parse_kind(raw, &[TicketKind::Tgt]) else { return Ok(None) };
+        let tgt = self.maps.tgt.take(&id).await?;
+        if tgt.is_some() {
+            let tgt_id = id.to_string();
+            self.maps.pgt.remove_where(&move |p: &Pgt| p.tgt == tgt_id).await;
+        }
+        Ok(tgt)
+    }
+
+    /// Removes every expired ticket and every PGT whose TGT is gone; returns the expired TGTs for single logout.
+    pub async fn sweep(&self, now: EpochMs) -> Vec<(TicketId, Tgt)> {
+        let policy = &self.policy;
+        self.maps.st.sweep(policy, now).await;
+        self.maps.pt.sweep(policy, now).await;
+        self.maps.lt.sweep(policy, now).await;
+        self.maps.pgt.sweep(policy, now).await;
+        let expired = self.maps.tgt.sweep(policy, now).await;
+        for (id, _) in &expired {
+            let tgt_id = id.to_string();
+            self.maps.pgt.remove_where(&move |p: &Pgt| p.tgt == tgt_id).await;
+        }
+        expired
+    }
+}
+
+fn parse_kind(raw: &str, kinds: &[TicketKind]) -> Result<TicketId, RegistryError> {
+    let id = TicketId::parse(raw).map_err(|_| RegistryError::NotFound)?;
+    if kinds.contains(&id.kind()) { Ok(id) } else { Err(RegistryError::WrongKind) }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,9 @@
+//! Tickets: their ids, what each kind holds and when each expires. Pure data and pure functions, no I/O.
+
+pub mod expiry;
+pub mod id;
+pub mod kinds;
+
+pub use expiry::{ExpiryPolicy, now_ms};
+pub use id::{IdGenerator, Origin, TicketId, TicketIdError, TicketKind, redact};
+pub use kinds::{EpochMs, LoginTicket, Pgt, Principal, ServiceTicket, Ticket, Tgt, TgtChange};
