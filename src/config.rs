@@ -255,7 +255,12 @@ impl Config {
     }
 
     fn invalid(&self, key: &str, value: impl ToString, reason: &str) -> ConfigError {
-        ConfigError::Invalid { file: self.source.clone(), key: key.into(), value: value.to_string(), reason: reason.into() }
+        ConfigError::Invalid {
+            file: self.source.clone(),
+            key: key.into(),
+            value: value.to_string(),
+            reason: reason.into(),
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -265,7 +270,11 @@ impl Config {
         }
         let base = &self.http.base_path;
         if !base.starts_with('/') || base.ends_with('/') || base.contains(['?', '#', ' ']) {
-            return Err(self.invalid("http.base_path", base, "must start with '/' and not end with '/', e.g. \"/cas\""));
+            return Err(self.invalid(
+                "http.base_path",
+                base,
+                "must start with '/' and not end with '/', e.g. \"/cas\"",
+            ));
         }
         let cookie = &self.cookie.name;
         if cookie.is_empty() || !cookie.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {

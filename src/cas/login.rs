@@ -6,14 +6,14 @@ use std::net::SocketAddr;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
-use axum::http::header::{LOCATION, SET_COOKIE};
+use axum::http::header::SET_COOKIE;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::AppState;
 use super::pages::{LoginForm, Tone};
 use super::params::{Params, Query};
 use super::services::with_query_param;
+use super::{AppState, found};
 use crate::registry::RegistryError;
 use crate::ticket::{TicketId, now_ms};
 
@@ -105,7 +105,7 @@ pub async fn form(State(app): State<AppState>, headers: HeaderMap, Query(p): Que
                 show_form(&app, StatusCode::OK, &p, None, "").await
             }
         },
-        (LoginStep::GatewayRedirect, Some(s), _) => Redirect::to(s).into_response(),
+        (LoginStep::GatewayRedirect, Some(s), _) => found(s),
         (LoginStep::AlreadyLoggedIn, _, _) => app.pages.message(
             StatusCode::OK,
             "You are logged in",
@@ -206,13 +206,7 @@ async fn show_form(app: &AppState, status: StatusCode, p: &Params, error: Option
 
 fn send_ticket(app: &AppState, service: &str, st: &TicketId, method: ResponseMethod) -> Response {
     match method {
-        ResponseMethod::Get => {
-            let location = with_query_param(service, "ticket", st.as_str());
-            match HeaderValue::from_str(&location) {
-                Ok(v) => (StatusCode::FOUND, [(LOCATION, v)]).into_response(),
-                Err(_) => unknown_service(app, service),
-            }
-        }
+        ResponseMethod::Get => found(&with_query_param(service, "ticket", st.as_str())),
         ResponseMethod::Post => app.pages.post_redirect(service, st.as_str()),
         ResponseMethod::Header => {
             let mut r = StatusCode::OK.into_response();

@@ -4,11 +4,11 @@
 use axum::extract::State;
 use axum::http::header::SET_COOKIE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 
-use super::AppState;
 use super::pages::Tone;
 use super::params::Query;
+use super::{AppState, found};
 
 #[tracing::instrument(skip_all)]
 pub async fn logout(State(app): State<AppState>, headers: HeaderMap, Query(p): Query) -> Response {
@@ -33,7 +33,7 @@ pub async fn logout(State(app): State<AppState>, headers: HeaderMap, Query(p): Q
     }
     let registered = |key| p.get(key).filter(|s| app.services.find(s).is_some());
     let mut response = match registered("service") {
-        Some(service) => Redirect::to(service).into_response(),
+        Some(service) => found(service),
         None => app.pages.message(
             StatusCode::OK,
             "Logout successful",

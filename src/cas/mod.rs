@@ -39,3 +39,12 @@ pub struct App {
 }
 
 pub type AppState = Arc<App>;
+
+/// A `302 Found` redirect: what CAS clients and the reference server use (axum's `Redirect::to` is a 303).
+pub(crate) fn found(location: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match axum::http::HeaderValue::from_str(location) {
+        Ok(v) => (axum::http::StatusCode::FOUND, [(axum::http::header::LOCATION, v)]).into_response(),
+        Err(_) => axum::http::StatusCode::BAD_REQUEST.into_response(),
+    }
+}

@@ -57,7 +57,14 @@ impl Pages {
         (status, self.render("login.html", ctx)).into_response()
     }
 
-    pub fn message(&self, status: StatusCode, title: &str, message: &str, tone: Tone, link: Option<(&str, &str)>) -> Response {
+    pub fn message(
+        &self,
+        status: StatusCode,
+        title: &str,
+        message: &str,
+        tone: Tone,
+        link: Option<(&str, &str)>,
+    ) -> Response {
         let tone = match tone {
             Tone::Ok => "ok",
             Tone::Error => "error",

@@ -20,10 +20,7 @@ impl Params {
 
     /// A boolean flag such as `renew` or `gateway`: set when present with any value but `false`/`0`.
     pub fn flag(&self, name: &str) -> bool {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .is_some_and(|(_, v)| !v.eq_ignore_ascii_case("false") && v != "0")
+        self.0.iter().find(|(k, _)| k == name).is_some_and(|(_, v)| !v.eq_ignore_ascii_case("false") && v != "0")
     }
 
     pub fn merged(mut self, other: Params) -> Self {

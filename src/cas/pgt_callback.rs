@@ -31,10 +31,8 @@ pub struct PgtCallback {
 impl PgtCallback {
     /// `extra_ca_file` adds PEM certificates to the trusted roots, for services behind a private CA.
     pub fn new(timeout: Duration, extra_ca_file: Option<&Path>) -> Result<Self, CallbackSetupError> {
-        let mut builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .https_only(true)
-            .redirect(reqwest::redirect::Policy::none());
+        let mut builder =
+            reqwest::Client::builder().timeout(timeout).https_only(true).redirect(reqwest::redirect::Policy::none());
         if let Some(path) = extra_ca_file {
             let file = path.display().to_string();
             let pem = std::fs::read(path).map_err(|source| CallbackSetupError::Read { file: file.clone(), source })?;

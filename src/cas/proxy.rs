@@ -33,7 +33,10 @@ async fn grant(app: &AppState, pgt: Option<&str>, target: Option<&str>) -> Resul
         Err(e @ RegistryError::Map(_)) => Err(CasFailure::from_registry(&e, pgt)),
         Err(e) => {
             tracing::info!(error = %e, "proxy ticket refused");
-            Err(CasFailure::new(CasCode::InvalidTicket, format!("PGT '{}' is not valid", pgt.chars().take(64).collect::<String>())))
+            Err(CasFailure::new(
+                CasCode::InvalidTicket,
+                format!("PGT '{}' is not valid", pgt.chars().take(64).collect::<String>()),
+            ))
         }
     }
 }

@@ -175,7 +175,8 @@ mod tests {
         assert!(x.contains("<cas:user>al&lt;ice&gt;</cas:user>"));
         assert!(x.contains("<cas:memberOf>staff</cas:memberOf>\n      <cas:memberOf>a&amp;b</cas:memberOf>"));
         assert!(!x.contains("bad name"));
-        let (u, a, p, px) = (x.find("<cas:user>"), x.find("<cas:attributes>"), x.find("<cas:proxyGr"), x.find("<cas:proxies>"));
+        let (u, a, p, px) =
+            (x.find("<cas:user>"), x.find("<cas:attributes>"), x.find("<cas:proxyGr"), x.find("<cas:proxies>"));
         assert!(u < a && a < p && p < px, "{x}");
         assert!(x.find("https://p2/cb") < x.find("https://p1/cb"));
     }

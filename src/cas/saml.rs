@@ -117,7 +117,13 @@ fn response_open(target: &str, in_response_to: &str, now: SystemTime) -> String 
 
 /// A SAML 1.1 success with one assertion: conditions valid for 30 s, the authentication statement and the released
 /// attributes in the CAS attribute namespace.
-pub fn success(principal: &Principal, target: &str, in_response_to: &str, authenticated: SystemTime, now: SystemTime) -> String {
+pub fn success(
+    principal: &Principal,
+    target: &str,
+    in_response_to: &str,
+    authenticated: SystemTime,
+    now: SystemTime,
+) -> String {
     let user = xml_escape(&principal.id);
     let subject = format!(
         "<saml1:Subject><saml1:NameIdentifier>{user}</saml1:NameIdentifier><saml1:SubjectConfirmation><saml1:ConfirmationMethod>urn:oasis:names:tc:SAML:1.0:cm:artifact</saml1:ConfirmationMethod></saml1:SubjectConfirmation></saml1:Subject>"

@@ -32,10 +32,7 @@ pub struct SloCounts {
 
 impl SloSender {
     pub fn new(enabled: bool, timeout: Duration, max_concurrency: usize) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+        let client = reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none()).build()?;
         Ok(Self {
             enabled,
             client,

@@ -150,7 +150,10 @@ async fn validate(app: &AppState, p: &Params, endpoint: Endpoint) -> Result<Succ
     let attributes = release.then(|| {
         let authenticated = UNIX_EPOCH + Duration::from_millis(tgt.created);
         let mut attrs = vec![
-            ("authenticationDate".to_owned(), AttrValue::Text(humantime::format_rfc3339_seconds(authenticated).to_string())),
+            (
+                "authenticationDate".to_owned(),
+                AttrValue::Text(humantime::format_rfc3339_seconds(authenticated).to_string()),
+            ),
             ("longTermAuthenticationRequestTokenUsed".to_owned(), AttrValue::Bool(false)),
             ("isFromNewLogin".to_owned(), AttrValue::Bool(st.from_new_login)),
         ];

@@ -9,8 +9,8 @@ use std::sync::Arc;
 pub use map::{LocalMap, MapError, TicketMap};
 
 use crate::ticket::{
-    EpochMs, ExpiryPolicy, IdGenerator, LoginTicket, Pgt, Principal, ServiceTicket, Ticket, TicketId, TicketKind, Tgt,
-    TgtChange,
+    EpochMs, ExpiryPolicy, IdGenerator, LoginTicket, Pgt, Principal, ServiceTicket, Tgt, TgtChange, Ticket, TicketId,
+    TicketKind,
 };
 
 /// One map per ticket kind. PGTIOUs are never stored: they live only in the validation response and the callback.

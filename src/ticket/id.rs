@@ -160,8 +160,7 @@ impl IdGenerator {
 
     pub fn mint(&self, kind: TicketKind) -> TicketId {
         let mut rng = rand::rng(); // ChaCha-based, seeded and reseeded from the OS: a CSPRNG.
-        let random: String =
-            (0..RANDOM_CHARS).map(|_| char::from(BASE62[rng.random_range(0..BASE62.len())])).collect();
+        let random: String = (0..RANDOM_CHARS).map(|_| char::from(BASE62[rng.random_range(0..BASE62.len())])).collect();
         TicketId(format!("{}-{random}-{}", kind.prefix(), self.suffix))
     }
 }

@@ -6,4 +6,4 @@ pub mod kinds;
 
 pub use expiry::{ExpiryPolicy, now_ms};
 pub use id::{IdGenerator, Origin, TicketId, TicketIdError, TicketKind, redact};
-pub use kinds::{EpochMs, LoginTicket, Pgt, Principal, ServiceTicket, Ticket, Tgt, TgtChange};
+pub use kinds::{EpochMs, LoginTicket, Pgt, Principal, ServiceTicket, Tgt, TgtChange, Ticket};

@@ -1,1 +1,12 @@
+//! Integration tests: real nodes on loopback ports, real HTTP. One test binary (one link step on a 2-core machine).
 
+mod cli;
+mod concurrency;
+mod interop;
+mod login;
+mod logout;
+mod proxy;
+mod saml;
+mod slo;
+mod support;
+mod validate;

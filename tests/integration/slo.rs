@@ -1,0 +1,77 @@
+//! Single logout delivered to a receiver started by the test: on `/logout` and on TGT expiry.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+fn session_index(body: &str) -> Option<String> {
+    let decoded: String = url::form_urlencoded::parse(body.as_bytes())
+        .find(|(k, _)| k == "logoutRequest")
+        .map(|(_, v)| v.into_owned())?;
+    assert!(body.starts_with("logoutRequest="), "mod_auth_cas needs the parameter first: {body}");
+    assert!(!decoded.contains('\n'), "one line: {decoded}");
+    let re = regex::Regex::new(r"<samlp:SessionIndex>([^<]+)</samlp:SessionIndex>").expect("re");
+    re.captures(&decoded).map(|c| c[1].to_owned())
+}
+
+/// Logout posts a logoutRequest naming each ST to each service that got one, and does not wait for it.
+#[tokio::test]
+async fn logout_sends_a_logout_request_to_every_service() {
+    let app_a = AppServer::start().await;
+    let app_b = AppServer::start().await;
+    let node = start(|_| {}).await;
+    let mut b = Browser::new(&node);
+    let st_a = b.login(&app_a.url).await;
+    let st_b = b.sso(&app_b.url).await;
+    let page = b.get("/logout").await;
+    assert_eq!(page.status, 200);
+    wait_until(Duration::from_secs(5), "both logout requests", || async {
+        app_a.bodies().len() == 1 && app_b.bodies().len() == 1
+    })
+    .await;
+    assert_eq!(session_index(&app_a.bodies()[0]), Some(st_a));
+    assert_eq!(session_index(&app_b.bodies()[0]), Some(st_b));
+    assert_eq!(app_a.seen.lock().expect("lock")[0].0, "POST");
+    assert_eq!(node.slo_counts().sent, 2);
+    node.shutdown().await;
+}
+
+/// A service with SLO turned off gets nothing; an unreachable one is counted as failed and logout still answers.
+#[tokio::test]
+async fn slo_respects_the_service_setting_and_survives_dead_services() {
+    let app = AppServer::start().await;
+    let node = start(|c| {
+        let mut quiet = c.services[0].clone();
+        quiet.id = 0;
+        quiet.pattern = regex::escape(&app.url);
+        quiet.slo = false;
+        c.services.push(quiet);
+    })
+    .await;
+    let mut b = Browser::new(&node);
+    b.login(&app.url).await;
+    b.sso("http://127.0.0.1:1/closed").await; // nothing listens on port 1
+    assert_eq!(b.get("/logout").await.status, 200);
+    wait_until(Duration::from_secs(5), "the failed delivery to be counted", || async { node.slo_counts().failed == 1 })
+        .await;
+    assert!(app.bodies().is_empty(), "SLO disabled for that service");
+    node.shutdown().await;
+}
+
+/// An SSO session that expires (idle) triggers single logout from the sweeper, without any logout request.
+#[tokio::test]
+async fn expired_session_triggers_single_logout() {
+    let app = AppServer::start().await;
+    let node = start(|c| {
+        c.tickets.tgt_idle_timeout = Duration::from_millis(500);
+        c.tickets.sweep_interval = Duration::from_millis(100);
+    })
+    .await;
+    let mut b = Browser::new(&node);
+    let st = b.login(&app.url).await;
+    wait_until(Duration::from_secs(5), "the expiry logout request", || async { app.bodies().len() == 1 }).await;
+    assert_eq!(session_index(&app.bodies()[0]), Some(st));
+    let page = b.get(&format!("/login?service={}", enc(&app.url))).await;
+    assert!(page.body.contains("name=\"password\""), "SSO has ended");
+    node.shutdown().await;
+}
