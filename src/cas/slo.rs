@@ -51,11 +51,11 @@ impl SloSender {
         if !self.enabled {
             return;
         }
-        for (ticket, service) in &tgt.services {
+        for (service, grant) in &tgt.services {
             if !services.find(service).is_some_and(|s| s.slo) {
                 continue;
             }
-            let (this, service, body) = (self.clone(), service.clone(), form_body(ticket));
+            let (this, service, body) = (self.clone(), service.clone(), form_body(&grant.ticket));
             tokio::spawn(async move {
                 let Ok(_permit) = this.in_flight.clone().acquire_owned().await else { return };
                 let result = this

@@ -166,6 +166,6 @@ async fn validate(app: &AppState, p: &Params, endpoint: Endpoint) -> Result<Succ
         );
         attrs
     });
-    let proxies = if kind == TicketKind::Pt { st.proxies } else { Vec::new() };
-    Ok(Success { user: tgt.principal.id, attributes, pgt_iou, proxies })
+    let proxies = if kind == TicketKind::Pt { st.proxies.clone() } else { Vec::new() };
+    Ok(Success { user: tgt.principal.id.clone(), attributes, pgt_iou, proxies })
 }

@@ -4,6 +4,8 @@
 //! protocol layer never changes. Every operation is atomic per key: `take` in particular is a compare-and-delete, the
 //! only way a one-time ticket may be consumed.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use dashmap::DashMap;
 
@@ -25,13 +27,13 @@ pub trait TicketMap<V: Ticket>: Send + Sync {
     /// Stores a new ticket. Ids are random, so an existing entry is never overwritten in practice.
     async fn insert(&self, id: &TicketId, value: V) -> Result<(), MapError>;
     /// Reads a ticket without changing it. Expiry is the caller's to check.
-    async fn get(&self, id: &TicketId) -> Option<V>;
+    async fn get(&self, id: &TicketId) -> Option<Arc<V>>;
     /// Removes and returns the ticket in one atomic step: at most one caller ever gets `Some` for an id.
-    async fn take(&self, id: &TicketId) -> Result<Option<V>, MapError>;
-    /// Applies a change to a stored ticket; returns the changed ticket, or `None` when it is absent.
-    async fn change(&self, id: &TicketId, change: V::Change) -> Result<Option<V>, MapError>;
+    async fn take(&self, id: &TicketId) -> Result<Option<Arc<V>>, MapError>;
+    /// Applies a change to a stored ticket; `false` when the ticket is absent.
+    async fn change(&self, id: &TicketId, change: V::Change) -> Result<bool, MapError>;
     /// Removes every ticket expired at `now` and returns them (for single logout of expired TGTs).
-    async fn sweep(&self, policy: &ExpiryPolicy, now: EpochMs) -> Vec<(TicketId, V)>;
+    async fn sweep(&self, policy: &ExpiryPolicy, now: EpochMs) -> Vec<(TicketId, Arc<V>)>;
     /// Removes every ticket for which `doomed` holds (e.g. the PGTs of a destroyed TGT).
     async fn remove_where(&self, doomed: &(dyn for<'v> Fn(&'v V) -> bool + Sync)) -> usize;
     fn len(&self) -> usize;
@@ -41,9 +43,11 @@ pub trait TicketMap<V: Ticket>: Send + Sync {
 }
 
 /// An in-memory map for a single node. DashMap's shard locks make each operation atomic per key, and no lock is held
-/// across an `.await`.
+/// across an `.await`. Values sit behind an `Arc` so a read costs a reference count, not a deep copy of the ticket
+/// (a TGT carries the principal's attributes and its service list); a change copies only when a reader still holds
+/// the old value.
 pub struct LocalMap<V> {
-    entries: DashMap<TicketId, V>,
+    entries: DashMap<TicketId, Arc<V>>,
 }
 
 impl<V> Default for LocalMap<V> {
@@ -55,26 +59,23 @@ impl<V> Default for LocalMap<V> {
 #[async_trait]
 impl<V: Ticket> TicketMap<V> for LocalMap<V> {
     async fn insert(&self, id: &TicketId, value: V) -> Result<(), MapError> {
-        self.entries.insert(id.clone(), value);
+        self.entries.insert(id.clone(), Arc::new(value));
         Ok(())
     }
 
-    async fn get(&self, id: &TicketId) -> Option<V> {
+    async fn get(&self, id: &TicketId) -> Option<Arc<V>> {
         self.entries.get(id).map(|e| e.value().clone())
     }
 
-    async fn take(&self, id: &TicketId) -> Result<Option<V>, MapError> {
+    async fn take(&self, id: &TicketId) -> Result<Option<Arc<V>>, MapError> {
         Ok(self.entries.remove(id).map(|(_, v)| v))
     }
 
-    async fn change(&self, id: &TicketId, change: V::Change) -> Result<Option<V>, MapError> {
-        Ok(self.entries.get_mut(id).map(|mut e| {
-            e.apply(&change);
-            e.clone()
-        }))
+    async fn change(&self, id: &TicketId, change: V::Change) -> Result<bool, MapError> {
+        Ok(self.entries.get_mut(id).map(|mut e| Arc::make_mut(e.value_mut()).apply(&change)).is_some())
     }
 
-    async fn sweep(&self, policy: &ExpiryPolicy, now: EpochMs) -> Vec<(TicketId, V)> {
+    async fn sweep(&self, policy: &ExpiryPolicy, now: EpochMs) -> Vec<(TicketId, Arc<V>)> {
         let expired: Vec<TicketId> =
             self.entries.iter().filter(|e| e.value().is_expired(policy, now)).map(|e| e.key().clone()).collect();
         // Re-check under the shard lock: the ticket may have been touched since the scan.
@@ -83,7 +84,7 @@ impl<V: Ticket> TicketMap<V> for LocalMap<V> {
 
     async fn remove_where(&self, doomed: &(dyn for<'v> Fn(&'v V) -> bool + Sync)) -> usize {
         let before = self.entries.len();
-        self.entries.retain(|_, v| !doomed(&*v));
+        self.entries.retain(|_, v| !doomed(v));
         before.saturating_sub(self.entries.len())
     }
 

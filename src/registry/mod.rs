@@ -62,8 +62,8 @@ pub struct TicketRegistry {
 #[derive(Clone, Debug)]
 pub struct Consumed {
     pub kind: TicketKind,
-    pub ticket: ServiceTicket,
-    pub tgt: Tgt,
+    pub ticket: Arc<ServiceTicket>,
+    pub tgt: Arc<Tgt>,
 }
 
 impl TicketRegistry {
@@ -110,7 +110,7 @@ impl TicketRegistry {
     }
 
     /// The TGT behind a cookie value, if it exists and has not expired.
-    pub async fn live_tgt(&self, raw: &str, now: EpochMs) -> Result<(TicketId, Tgt), RegistryError> {
+    pub async fn live_tgt(&self, raw: &str, now: EpochMs) -> Result<(TicketId, Arc<Tgt>), RegistryError> {
         let id = parse_kind(raw, &[TicketKind::Tgt])?;
         let tgt = self.maps.tgt.get(&id).await.ok_or(RegistryError::NotFound)?;
         if tgt.is_expired(&self.policy, now) {
@@ -150,7 +150,7 @@ impl TicketRegistry {
         let service = ticket.service.clone();
         map.insert(&id, ticket).await?;
         let change = TgtChange::Granted { ticket: id.to_string(), service, at: now };
-        if self.maps.tgt.change(tgt_id, change).await?.is_none() {
+        if !self.maps.tgt.change(tgt_id, change).await? {
             // The TGT ended (logout) between the check and the grant: the new ticket must not outlive it.
             let _ = map.take(&id).await;
             return Err(RegistryError::SessionEnded);
@@ -207,7 +207,7 @@ impl TicketRegistry {
     }
 
     /// Ends an SSO session: removes the TGT and every PGT under it. Returns the TGT for single logout.
-    pub async fn destroy_tgt(&self, raw: &str) -> Result<Option<Tgt>, RegistryError> {
+    pub async fn destroy_tgt(&self, raw: &str) -> Result<Option<Arc<Tgt>>, RegistryError> {
         let Ok(id) = parse_kind(raw, &[TicketKind::Tgt]) else { return Ok(None) };
         let tgt = self.maps.tgt.take(&id).await?;
         if tgt.is_some() {
@@ -218,7 +218,7 @@ impl TicketRegistry {
     }
 
     /// Removes every expired ticket and every PGT whose TGT is gone; returns the expired TGTs for single logout.
-    pub async fn sweep(&self, now: EpochMs) -> Vec<(TicketId, Tgt)> {
+    pub async fn sweep(&self, now: EpochMs) -> Vec<(TicketId, Arc<Tgt>)> {
         let policy = &self.policy;
         self.maps.st.sweep(policy, now).await;
         self.maps.pt.sweep(policy, now).await;

@@ -50,7 +50,8 @@ async fn destroying_a_tgt_ends_its_pgts_and_its_outstanding_sts() {
     let (pgt, _) = r.mint_pgt();
     r.store_pgt(&pgt, Pgt { tgt: tgt.to_string(), proxies: vec![], created: 0 }).await.expect("pgt");
     let ended = r.destroy_tgt(tgt.as_str()).await.expect("destroy").expect("was live");
-    assert_eq!(ended.services.values().collect::<Vec<_>>(), vec!["https://app/"]);
+    assert_eq!(ended.services.keys().collect::<Vec<_>>(), vec!["https://app/"]);
+    assert_eq!(ended.services["https://app/"].ticket, st.to_string());
     assert_eq!(r.grant_pt(pgt.as_str(), "https://b/", 0).await.unwrap_err(), RegistryError::NotFound);
     assert_eq!(r.consume(st.as_str(), false, 0).await.unwrap_err(), RegistryError::SessionEnded);
     assert_eq!(r.grant_st(&tgt, "https://app/", false, 0).await.unwrap_err(), RegistryError::NotFound);

@@ -34,11 +34,22 @@ pub struct Tgt {
     pub principal: Principal,
     pub created: EpochMs,
     pub last_used: EpochMs,
-    /// Every service ticket granted under this TGT, by ticket id, with the service it was granted for. Kept per
-    /// ticket (not per service) so single logout can name each `SessionIndex`, and so that concurrent grants merge
-    /// by set union.
-    pub services: BTreeMap<String, String>,
+    /// The services granted a ticket under this TGT, each with its most recent ticket (the `SessionIndex` single
+    /// logout names, as Apereo's default `only-track-most-recent-session`). Keyed by service so the map stays as
+    /// small as the set of services, and merged per key, so concurrent grants for different services all survive.
+    pub services: BTreeMap<String, Grant>,
 }
+
+/// The latest ticket granted to one service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Grant {
+    pub at: EpochMs,
+    pub ticket: String,
+}
+
+/// A session that keeps asking for tickets to ever new service URLs must not grow without bound: past this, the
+/// oldest grants are forgotten (and get no single logout).
+pub const MAX_SERVICES_PER_TGT: usize = 256;
 
 /// A change to a TGT. Both variants commute: `Touch` merges by maximum, `Granted` by union.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,7 +65,18 @@ impl Ticket for Tgt {
         match change {
             TgtChange::Touch { at } => self.last_used = self.last_used.max(*at),
             TgtChange::Granted { ticket, service, at } => {
-                self.services.insert(ticket.clone(), service.clone());
+                // Per service the greatest (time, ticket) wins, and the set keeps its greatest entries: both are
+                // order-independent, so the change commutes.
+                let grant = Grant { at: *at, ticket: ticket.clone() };
+                if self.services.get(service).is_none_or(|old| *old < grant) {
+                    self.services.insert(service.clone(), grant);
+                }
+                if self.services.len() > MAX_SERVICES_PER_TGT {
+                    let oldest = self.services.iter().min_by(|a, b| a.1.cmp(b.1)).map(|(s, _)| s.clone());
+                    if let Some(s) = oldest {
+                        self.services.remove(&s);
+                    }
+                }
                 self.last_used = self.last_used.max(*at);
             }
         }
@@ -160,5 +182,28 @@ mod tests {
         assert_eq!(one, two);
         assert_eq!(one.services.len(), 2);
         assert_eq!(one.last_used, 9);
+    }
+
+    #[test]
+    fn latest_grant_per_service_wins_in_any_order() {
+        let early = TgtChange::Granted { ticket: "ST-1".into(), service: "https://a/".into(), at: 1 };
+        let late = TgtChange::Granted { ticket: "ST-2".into(), service: "https://a/".into(), at: 2 };
+        let (mut one, mut two) = (tgt(), tgt());
+        one.apply(&early);
+        one.apply(&late);
+        two.apply(&late);
+        two.apply(&early);
+        assert_eq!(one, two);
+        assert_eq!(one.services["https://a/"].ticket, "ST-2");
+    }
+
+    #[test]
+    fn service_list_is_bounded_and_keeps_the_newest() {
+        let mut t = tgt();
+        for i in 0..(MAX_SERVICES_PER_TGT as u64 + 10) {
+            t.apply(&TgtChange::Granted { ticket: format!("ST-{i}"), service: format!("https://s{i}/"), at: i });
+        }
+        assert_eq!(t.services.len(), MAX_SERVICES_PER_TGT);
+        assert!(!t.services.contains_key("https://s9/") && t.services.contains_key("https://s10/"));
     }
 }

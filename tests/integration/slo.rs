@@ -75,3 +75,42 @@ async fn expired_session_triggers_single_logout() {
     assert!(page.body.contains("name=\"password\""), "SSO has ended");
     node.shutdown().await;
 }
+
+/// Tickets granted at the same moment for ten services all reach the session's service list: logout notifies all ten
+/// (the lost update of a read-modify-write TGT is the most reported cluster bug of the incumbent server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_grants_all_get_single_logout() {
+    let mut apps = Vec::new();
+    for _ in 0..10 {
+        apps.push(AppServer::start().await);
+    }
+    let node = start(|_| {}).await;
+    let mut b = Browser::new(&node);
+    b.login(&apps[0].url).await;
+    let tgc = b.tgc.clone().expect("tgc");
+    let grants: Vec<_> = apps
+        .iter()
+        .map(|app| {
+            let (url, tgc) = (format!("{}/login?service={}", node.base_url(), enc(&app.url)), tgc.clone());
+            tokio::spawn(async move {
+                let r = http().get(url).header("Cookie", format!("TGC={tgc}")).send().await.expect("sso");
+                assert_eq!(r.status().as_u16(), 302);
+                r.headers()["location"].to_str().expect("location").to_owned()
+            })
+        })
+        .collect();
+    let mut tickets = Vec::new();
+    for g in grants {
+        let location = g.await.expect("join");
+        tickets.push(location.split("ticket=").nth(1).expect("ticket").to_owned());
+    }
+    b.get("/logout").await;
+    wait_until(Duration::from_secs(5), "a logout request at every service", || async {
+        apps.iter().all(|a| a.bodies().len() == 1)
+    })
+    .await;
+    for (app, ticket) in apps.iter().zip(&tickets) {
+        assert_eq!(session_index(&app.bodies()[0]).as_ref(), Some(ticket), "{}", app.url);
+    }
+    node.shutdown().await;
+}

@@ -6,7 +6,7 @@ Usage: python_cas_flow.py BASE_URL      (e.g. http://127.0.0.1:8080/cas)
 A requests.Session plays the browser; a local http.server plays the application (its URL is the service and it
 receives single-logout POSTs). For CAS 1.0, 2.0, 3.0 and SAML 1.1 it logs in (password first, SSO after), validates
 with python-cas, checks the user and attributes, checks the ticket cannot be validated twice, then logs out and checks
-python-cas accepts the logout request for the ticket it was issued. Prints one line per check and a closing
+python-cas accepts the single-logout request for the service's most recent ticket. Prints one line per check and a closing
 'N passed, N failed' line; exits non-zero on any failure.
 """
 import http.server
@@ -89,17 +89,15 @@ check('logout redirects to the registered service', response.status_code == 302
       and response.headers.get('Location') == SERVICE, response.headers)
 
 deadline = time.monotonic() + 10
-while len(slo_bodies) < len(issued) and time.monotonic() < deadline:
+while not slo_bodies and time.monotonic() < deadline:
     time.sleep(0.05)
-check(f'one logout request per issued ticket ({len(slo_bodies)} of {len(issued)})', len(slo_bodies) == len(issued))
-requests_by_ticket = {}
-for body in slo_bodies:
-    logout_request = urllib.parse.parse_qs(body).get('logoutRequest', [''])[0]
-    for ticket in issued:
-        if CASClientV3.verify_logout_request(logout_request, ticket):
-            requests_by_ticket[ticket] = logout_request
-check('python-cas accepts a logout request for every issued ticket', set(requests_by_ticket) == set(issued),
-      (requests_by_ticket.keys(), issued))
+time.sleep(0.5)  # room for any (wrong) extra request to arrive
+# One service got four tickets; like Apereo, casd tracks the most recent ticket per service for single logout.
+check(f'one logout request for the one service ({len(slo_bodies)})', len(slo_bodies) == 1)
+logout_request = urllib.parse.parse_qs(slo_bodies[0]).get('logoutRequest', [''])[0] if slo_bodies else ''
+check('python-cas accepts the logout request for the most recent ticket',
+      CASClientV3.verify_logout_request(logout_request, issued[-1]), logout_request)
+check('python-cas refuses it for an older ticket', not CASClientV3.verify_logout_request(logout_request, issued[0]))
 
 response = browser.get(v3.get_login_url(), allow_redirects=False)
 check('after logout the login form is shown again', response.status_code == 200 and 'name="password"' in response.text)
