@@ -52,6 +52,103 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+    /// Absent: a single node with no peers.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Membership and discovery of a cluster of casd nodes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Nodes only form a cluster with nodes of the same id (it is also bound into every sealed frame).
+    pub id: String,
+    /// UDP address for gossip. Must be a concrete address peers can reach, or set `gossip_advertise`.
+    pub gossip_addr: SocketAddr,
+    /// The gossip address peers should use, when `gossip_addr` binds a wildcard.
+    #[serde(default)]
+    pub gossip_advertise: Option<SocketAddr>,
+    /// TCP address for replication links.
+    pub replication_addr: SocketAddr,
+    /// The HTTP address peers should use for this node, when `http.listen` binds a wildcard.
+    #[serde(default)]
+    pub http_advertise: Option<String>,
+    /// Gossip addresses (`host:port`) to contact at start; host names are re-resolved every minute.
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    #[serde(default = "default_gossip_interval", with = "humantime_serde")]
+    pub gossip_interval: Duration,
+    /// Phi-accrual threshold: a peer is dead when phi exceeds it (phi = silence / mean heartbeat gap).
+    #[serde(default = "default_phi")]
+    pub phi_threshold: f64,
+    /// How long a dead peer is remembered before it is forgotten.
+    #[serde(default = "default_dead_grace", with = "humantime_serde")]
+    pub dead_node_grace_period: Duration,
+    /// The configured number of nodes; majorities count this, never the current view.
+    #[serde(default = "default_expected_size")]
+    pub expected_size: usize,
+    /// The 32-byte cluster key, base64 (`casd keygen`). Exactly one of `key` and `key_file`.
+    #[serde(default)]
+    pub key: Option<Secret>,
+    /// A file holding the base64 key, relative to the config file.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub multicast: MulticastConfig,
+}
+
+/// LAN discovery by sealed multicast beacons.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MulticastConfig {
+    pub enabled: bool,
+    pub group: std::net::Ipv4Addr,
+    pub port: u16,
+    pub ttl: u32,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Local interface address to send and join on; unspecified = the system's choice.
+    pub interface: std::net::Ipv4Addr,
+}
+
+impl Default for MulticastConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            group: std::net::Ipv4Addr::new(239, 255, 42, 99),
+            port: 7400,
+            ttl: 1,
+            interval: Duration::from_secs(1),
+            interface: std::net::Ipv4Addr::UNSPECIFIED,
+        }
+    }
+}
+
+/// A secret string from config: deserialises as a plain string, never printed.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+fn default_gossip_interval() -> Duration {
+    Duration::from_millis(200)
+}
+
+fn default_phi() -> f64 {
+    8.0
+}
+
+fn default_dead_grace() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_expected_size() -> usize {
+    1
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -238,20 +335,51 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
-        let mut config = Self::parse(&text, &file)?;
-        if let (Some(users_file), Some(dir)) = (&config.auth.users_file, path.parent()) {
-            config.auth.users_file = Some(dir.join(users_file));
-        }
-        Ok(config)
+        Self::parse(&text, &file)
     }
 
-    /// Parses and validates TOML text; `file` names it in errors.
+    /// Parses and validates TOML text; `file` names it in errors, and relative paths in it are taken from its folder.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
         let mut config: Config =
             toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.into(), detail: e.to_string() })?;
         config.source = file.into();
+        if let Some(dir) = Path::new(file).parent() {
+            let relative = |p: &mut Option<PathBuf>| {
+                if let Some(path) = p.as_mut() {
+                    *path = dir.join(&*path);
+                }
+            };
+            relative(&mut config.auth.users_file);
+            relative(&mut config.proxy.extra_ca_file);
+            if let Some(cluster) = config.cluster.as_mut() {
+                relative(&mut cluster.key_file);
+            }
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// The cluster key, from `cluster.key` or `cluster.key_file` (checked by validation).
+    pub fn cluster_key(&self) -> Result<Option<crate::cluster::seal::ClusterKey>, ConfigError> {
+        let Some(c) = &self.cluster else { return Ok(None) };
+        let (key_name, text) = match (&c.key, &c.key_file) {
+            (Some(k), None) => ("cluster.key", k.0.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { file: path.display().to_string(), source })?;
+                ("cluster.key_file", text)
+            }
+            _ => {
+                return Err(self.invalid(
+                    "cluster.key",
+                    "<hidden>",
+                    "set exactly one of cluster.key and cluster.key_file",
+                ));
+            }
+        };
+        crate::cluster::seal::ClusterKey::from_base64(&text)
+            .map(Some)
+            .map_err(|e| self.invalid(key_name, "<hidden>", &format!("{e}; make one with `casd keygen`")))
     }
 
     fn invalid(&self, key: &str, value: impl ToString, reason: &str) -> ConfigError {
@@ -316,6 +444,9 @@ impl Config {
                 }
             }
         }
+        if let Some(c) = &self.cluster {
+            self.validate_cluster(c)?;
+        }
         for (i, u) in self.auth.users.iter().enumerate() {
             if argon2::PasswordHash::new(&u.password_hash).is_err() {
                 return Err(self.invalid(
@@ -325,6 +456,38 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    fn validate_cluster(&self, c: &ClusterConfig) -> Result<(), ConfigError> {
+        if c.id.is_empty() || c.id.len() > 64 {
+            return Err(self.invalid("cluster.id", &c.id, "must be 1 to 64 characters"));
+        }
+        let advertised = c.gossip_advertise.unwrap_or(c.gossip_addr);
+        if advertised.ip().is_unspecified() || advertised.port() == 0 && c.gossip_advertise.is_some() {
+            return Err(self.invalid(
+                "cluster.gossip_addr",
+                c.gossip_addr,
+                "peers need a concrete address: bind one, or set cluster.gossip_advertise",
+            ));
+        }
+        if c.gossip_interval.is_zero() {
+            return Err(self.invalid("cluster.gossip_interval", "0s", "must be greater than zero"));
+        }
+        if c.phi_threshold.is_nan() || c.phi_threshold <= 0.0 {
+            return Err(self.invalid("cluster.phi_threshold", c.phi_threshold, "must be greater than zero"));
+        }
+        if c.expected_size == 0 {
+            return Err(self.invalid("cluster.expected_size", 0, "must be at least 1"));
+        }
+        if c.multicast.enabled && !c.multicast.group.is_multicast() {
+            return Err(self.invalid(
+                "cluster.multicast.group",
+                c.multicast.group,
+                "must be an IPv4 multicast address",
+            ));
+        }
+        self.cluster_key()?;
         Ok(())
     }
 }
@@ -359,6 +522,25 @@ mod tests {
         let text = EMBEDDED_DEFAULT.replace("name = \"casd1\"", "name = \"cas-1.example\"");
         let e = Config::parse(&text, "c.toml").unwrap_err().to_string();
         assert!(e.contains("node.name") && e.contains("cas-1.example"), "{e}");
+    }
+
+    #[test]
+    fn cluster_key_errors_name_the_key_and_hide_the_value() {
+        let with = |cluster: &str| {
+            format!(
+                "{EMBEDDED_DEFAULT}\n[cluster]\nid = \"c\"\ngossip_addr = \"127.0.0.1:7001\"\nreplication_addr = \"127.0.0.1:7101\"\n{cluster}"
+            )
+        };
+        let e = Config::parse(&with("key = \"c2VjcmV0\"\n"), "k.toml").unwrap_err().to_string();
+        assert!(e.contains("cluster.key") && e.contains("32 bytes") && !e.contains("c2VjcmV0"), "{e}");
+        let e = Config::parse(&with(""), "k.toml").unwrap_err().to_string();
+        assert!(e.contains("exactly one"), "{e}");
+        let key = crate::cluster::seal::ClusterKey::generate().to_base64();
+        let c = Config::parse(&with(&format!("key = \"{key}\"\n")), "k.toml").expect("valid");
+        assert!(c.cluster_key().expect("key").is_some());
+        assert!(!format!("{c:?}").contains(&key), "the key never shows in Debug");
+        let e = Config::parse(&with(&format!("key = \"{key}\"\n")).replace("127.0.0.1:7001", "0.0.0.0:7001"), "k.toml");
+        assert!(e.unwrap_err().to_string().contains("gossip_advertise"));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod cas;
+pub mod cluster;
 pub mod config;
 pub mod node;
 pub mod registry;

@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::{Throttle, UsersFile};
 use crate::cas::{self, App, cookie::TgcCookie, pages::Pages, pgt_callback::PgtCallback, slo::SloSender};
+use crate::cluster::ClusterHandle;
 use crate::config::{Config, ConfigError};
 use crate::registry::{Maps, TicketRegistry};
 use crate::ticket::{IdGenerator, now_ms};
@@ -25,6 +26,8 @@ pub enum StartError {
     Slo(String),
     #[error("service registry: {0}")]
     Services(#[from] regex::Error),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 pub struct Node;
@@ -36,15 +39,26 @@ pub struct NodeHandle {
     app: Arc<App>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    cluster: Option<ClusterHandle>,
 }
 
 impl Node {
     pub async fn start(config: Config) -> Result<NodeHandle, StartError> {
-        let app = Arc::new(build_app(&config)?);
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
             .map_err(|source| StartError::Bind { addr: config.http.listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.http.listen, source })?;
+        let cluster = match (&config.cluster, config.cluster_key()?) {
+            (Some(c), Some(key)) => {
+                let http =
+                    c.http_advertise.clone().unwrap_or_else(|| format!("http://{addr}{}", config.http.base_path));
+                Some(crate::cluster::start(c, &key, &config.node.name, http).await?)
+            }
+            _ => None,
+        };
+        let mut app = build_app(&config)?;
+        app.cluster = cluster.as_ref().map(ClusterHandle::status);
+        let app = Arc::new(app);
         let (stop, stopped) = watch::channel(false);
 
         let router = cas::router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -59,7 +73,14 @@ impl Node {
         });
         let sweeper = tokio::spawn(sweep_forever(app.clone(), config.tickets.sweep_interval, stopped));
         tracing::info!(%addr, base_path = %config.http.base_path, node = %config.node.name, "casd node started");
-        Ok(NodeHandle { addr, base_path: config.http.base_path.clone(), app, stop, tasks: vec![server, sweeper] })
+        Ok(NodeHandle {
+            addr,
+            base_path: config.http.base_path.clone(),
+            app,
+            stop,
+            tasks: vec![server, sweeper],
+            cluster,
+        })
     }
 }
 
@@ -88,6 +109,7 @@ fn build_app(config: &Config) -> Result<App, StartError> {
         slo: Arc::new(slo),
         pgt_callback: PgtCallback::new(config.proxy.callback_timeout, config.proxy.extra_ca_file.as_deref())?,
         cas2_attributes: config.protocol.cas2_attributes,
+        cluster: None,
     })
 }
 
@@ -129,8 +151,29 @@ impl NodeHandle {
         self.app.slo.counts()
     }
 
-    /// Stops accepting requests, lets in-flight ones finish, and stops the background tasks.
-    pub async fn shutdown(self) {
+    /// The cluster membership, when the node runs in a cluster.
+    pub fn cluster(&self) -> Option<&ClusterHandle> {
+        self.cluster.as_ref()
+    }
+
+    /// Graceful stop: leaves the cluster (peers see `leaving`), stops accepting requests, lets in-flight ones
+    /// finish, and stops the background tasks.
+    pub async fn shutdown(mut self) {
+        if let Some(cluster) = self.cluster.take() {
+            cluster.leave().await;
+        }
+        self.stop_tasks().await;
+    }
+
+    /// Stops as a crash would look to peers: no leave message.
+    pub async fn crash(mut self) {
+        if let Some(cluster) = self.cluster.take() {
+            cluster.stop_now().await;
+        }
+        self.stop_tasks().await;
+    }
+
+    async fn stop_tasks(self) {
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;

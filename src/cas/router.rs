@@ -6,7 +6,7 @@ use axum::http::header::{CACHE_CONTROL, EXPIRES, PRAGMA};
 use axum::response::{Redirect, Response};
 use axum::routing::{get, post};
 
-use super::{AppState, login, logout, proxy, saml, validate};
+use super::{AppState, cluster_status, login, logout, proxy, saml, validate};
 
 pub fn router(app: AppState) -> Router {
     let base = app.base_path.clone();
@@ -21,6 +21,8 @@ pub fn router(app: AppState) -> Router {
         .route("/p3/proxyValidate", get(validate::v3_proxy).post(validate::v3_proxy))
         .route("/proxy", get(proxy::proxy))
         .route("/samlValidate", post(saml::validate))
+        .route("/cluster", get(cluster_status::json))
+        .route("/cluster.html", get(cluster_status::html))
         .layer(axum::middleware::map_response(no_store))
         .with_state(app);
     let login_path = format!("{base}/login");

@@ -1,6 +1,7 @@
 //! Integration tests: real nodes on loopback ports, real HTTP. One test binary (one link step on a 2-core machine).
 
 mod cli;
+mod cluster;
 mod concurrency;
 mod interop;
 mod login;

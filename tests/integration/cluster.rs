@@ -1,0 +1,166 @@
+//! Cluster membership over real UDP on loopback: convergence, failure detection, rejoin with a new generation,
+//! graceful leave, wrong keys, garbage and replayed datagrams.
+
+use std::time::{Duration, Instant};
+
+use casd::NodeHandle;
+use casd::cluster::membership::MemberStatus;
+use casd::cluster::seal::{ClusterKey, Purpose, Sealer};
+use casd::config::{ClusterConfig, MulticastConfig, Secret};
+
+use crate::support::*;
+
+const GOSSIP: Duration = Duration::from_millis(200);
+/// The detection bound this suite holds nodes to (gossip 200 ms, phi 8: expected about 1.6 s).
+const DETECTION_BOUND: Duration = Duration::from_secs(4);
+
+fn cluster(key: &ClusterKey, gossip_addr: &str, seeds: Vec<String>) -> ClusterConfig {
+    ClusterConfig {
+        id: "casd-test".into(),
+        gossip_addr: gossip_addr.parse().expect("addr"),
+        gossip_advertise: None,
+        replication_addr: "127.0.0.1:0".parse().expect("addr"),
+        http_advertise: None,
+        seeds,
+        gossip_interval: GOSSIP,
+        phi_threshold: 8.0,
+        dead_node_grace_period: Duration::from_secs(3600),
+        expected_size: 3,
+        key: Some(Secret(key.to_base64())),
+        key_file: None,
+        multicast: MulticastConfig::default(),
+    }
+}
+
+async fn member(name: &str, key: &ClusterKey, gossip_addr: &str, seeds: Vec<String>) -> NodeHandle {
+    let c = cluster(key, gossip_addr, seeds);
+    start(|config| {
+        config.node.name = name.into();
+        config.cluster = Some(c);
+    })
+    .await
+}
+
+fn view_names(node: &NodeHandle) -> Vec<String> {
+    node.cluster().expect("clustered").view().into_keys().collect()
+}
+
+fn gossip_of(node: &NodeHandle) -> String {
+    node.cluster().expect("clustered").gossip_addr().to_string()
+}
+
+/// Three nodes seeded from the first converge to one view; a crashed node is dropped within the bound by both
+/// survivors, and rejoins with a higher generation after a restart on the same address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_converge_detect_a_crash_and_see_the_rejoin() {
+    let key = ClusterKey::generate();
+    let started = Instant::now();
+    let n1 = member("n1", &key, "127.0.0.1:0", vec![]).await;
+    let seed = vec![gossip_of(&n1)];
+    let n2 = member("n2", &key, "127.0.0.1:0", seed.clone()).await;
+    let n3 = member("n3", &key, "127.0.0.1:0", seed.clone()).await;
+    let all = vec!["n1".to_string(), "n2".into(), "n3".into()];
+    wait_until(Duration::from_secs(10), "three nodes to share one view", || async {
+        [&n1, &n2, &n3].iter().all(|n| view_names(n) == all)
+    })
+    .await;
+    println!("converged: 3 nodes in {:?}", started.elapsed());
+
+    let body =
+        http().get(format!("{}/cluster", n2.base_url())).send().await.expect("status").text().await.expect("body");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(status["node"], "n2");
+    let members = status["members"].as_array().expect("members");
+    assert_eq!(members.iter().filter(|m| m["alive"] == true && m["status"] == "ready").count(), 3, "{body}");
+    assert!(members.iter().all(|m| m["http_addr"].as_str().is_some_and(|h| h.starts_with("http://127.0.0.1:"))));
+    let page =
+        http().get(format!("{}/cluster.html", n1.base_url())).send().await.expect("page").text().await.expect("body");
+    assert!(page.contains("n3") && page.contains("(this node)"), "{page}");
+
+    let n3_gossip = gossip_of(&n3);
+    let n3_generation = n1.cluster().expect("c").view()["n3"].generation;
+    n3.crash().await;
+    let crashed = Instant::now();
+    wait_until(DETECTION_BOUND, "both survivors to drop the crashed node", || async {
+        [&n1, &n2].iter().all(|n| !view_names(n).contains(&"n3".to_string()))
+    })
+    .await;
+    println!("dead node dropped from both views after {:?}", crashed.elapsed());
+
+    let n3 = member("n3", &key, &n3_gossip, seed).await;
+    wait_until(Duration::from_secs(10), "the restarted node back in every view", || async {
+        [&n1, &n2, &n3].iter().all(|n| view_names(n) == all)
+    })
+    .await;
+    let rejoined = n1.cluster().expect("c").view()["n3"].generation;
+    assert!(rejoined > n3_generation, "a restart is a new generation ({rejoined} > {n3_generation})");
+    for n in [n1, n2, n3] {
+        n.crash().await;
+    }
+}
+
+/// A node leaving gracefully is seen as `leaving` before it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_leave_is_announced() {
+    let key = ClusterKey::generate();
+    let n1 = member("n1", &key, "127.0.0.1:0", vec![]).await;
+    let n2 = member("n2", &key, "127.0.0.1:0", vec![gossip_of(&n1)]).await;
+    wait_until(Duration::from_secs(10), "two nodes to meet", || async { view_names(&n1).len() == 2 }).await;
+    let leaving = tokio::spawn(n2.shutdown());
+    wait_until(Duration::from_secs(3), "n1 to see n2 leaving", || async {
+        n1.cluster()
+            .expect("c")
+            .status()
+            .borrow()
+            .members
+            .iter()
+            .any(|m| m.node == "n2" && m.status == MemberStatus::Leaving)
+    })
+    .await;
+    leaving.await.expect("leave");
+    n1.crash().await;
+}
+
+/// A node with another key never joins and never shows up in anyone's view; its datagrams are counted as bad.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_with_the_wrong_key_stays_out() {
+    let key = ClusterKey::generate();
+    let n1 = member("n1", &key, "127.0.0.1:0", vec![]).await;
+    let n2 = member("n2", &key, "127.0.0.1:0", vec![gossip_of(&n1)]).await;
+    let intruder = member("evil", &ClusterKey::generate(), "127.0.0.1:0", vec![gossip_of(&n1), gossip_of(&n2)]).await;
+    wait_until(Duration::from_secs(10), "the intruder's datagrams to be refused", || async {
+        n1.cluster().expect("c").dropped().bad_tag >= 3 && view_names(&n1).len() == 2
+    })
+    .await;
+    tokio::time::sleep(GOSSIP * 5).await;
+    assert_eq!(view_names(&n1), vec!["n1", "n2"]);
+    assert_eq!(view_names(&n2), vec!["n1", "n2"]);
+    assert_eq!(view_names(&intruder), vec!["evil"], "it learns nothing either");
+    for n in [n1, n2, intruder] {
+        n.crash().await;
+    }
+}
+
+/// Garbage, authentic-but-undecodable and replayed datagrams are dropped and counted; the node carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_replayed_datagrams_are_dropped_and_counted() {
+    let key = ClusterKey::generate();
+    let n1 = member("n1", &key, "127.0.0.1:0", vec![]).await;
+    let target = n1.cluster().expect("c").gossip_addr();
+    let probe = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    probe.send_to(b"definitely not a sealed frame", target).await.expect("send");
+    let sealer = Sealer::new(&key, "casd-test", "probe", casd::ticket::now_ms());
+    let frame = sealer.seal(Purpose::Gossip, b"authentic but not chitchat", casd::ticket::now_ms());
+    probe.send_to(&frame, target).await.expect("send");
+    probe.send_to(&frame, target).await.expect("send again");
+    wait_until(Duration::from_secs(5), "one malformed, one undecodable and one replayed drop", || async {
+        let d = n1.cluster().expect("c").dropped();
+        d.malformed >= 2 && d.replayed >= 1
+    })
+    .await;
+    let n2 = member("n2", &key, "127.0.0.1:0", vec![target.to_string()]).await;
+    wait_until(Duration::from_secs(10), "the node to keep gossiping", || async { view_names(&n1).len() == 2 }).await;
+    for n in [n1, n2] {
+        n.crash().await;
+    }
+}
