@@ -17,8 +17,16 @@ fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
 /// check-config accepts the shipped config and names file, key and value of a bad one.
 #[test]
 fn check_config_names_file_key_and_value() {
-    let ok = casd().args(["check-config", "cluster-configs/single.toml"]).output().expect("run");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    for shipped in [
+        "cluster-configs/single.toml",
+        "cluster-configs/lan-multicast.toml",
+        "cluster-configs/three-node/node1.toml",
+        "cluster-configs/three-node/node2.toml",
+        "cluster-configs/three-node/node3.toml",
+    ] {
+        let ok = casd().args(["check-config", shipped]).output().expect("run");
+        assert!(ok.status.success(), "{shipped}: {}", String::from_utf8_lossy(&ok.stderr));
+    }
     let bad = temp_file("bad.toml", &casd::config::EMBEDDED_DEFAULT.replace("lt_ttl = \"10m\"", "lt_ttl = \"soon\""));
     let out = casd().arg("check-config").arg(&bad).output().expect("run");
     assert!(!out.status.success());
