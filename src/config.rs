@@ -97,6 +97,32 @@ pub struct ClusterConfig {
     pub multicast: MulticastConfig,
 }
 
+impl ClusterConfig {
+    /// A cluster section with the documented defaults: no seeds, gossip every 200 ms, phi 8, no multicast.
+    pub fn new(
+        id: &str,
+        gossip_addr: SocketAddr,
+        replication_addr: SocketAddr,
+        key: &crate::cluster::seal::ClusterKey,
+    ) -> Self {
+        Self {
+            id: id.to_owned(),
+            gossip_addr,
+            gossip_advertise: None,
+            replication_addr,
+            http_advertise: None,
+            seeds: Vec::new(),
+            gossip_interval: default_gossip_interval(),
+            phi_threshold: default_phi(),
+            dead_node_grace_period: default_dead_grace(),
+            expected_size: default_expected_size(),
+            key: Some(Secret(key.to_base64())),
+            key_file: None,
+            multicast: MulticastConfig::default(),
+        }
+    }
+}
+
 /// LAN discovery by sealed multicast beacons.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]

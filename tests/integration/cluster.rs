@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use casd::NodeHandle;
 use casd::cluster::membership::MemberStatus;
 use casd::cluster::seal::{ClusterKey, Purpose, Sealer};
-use casd::config::{ClusterConfig, MulticastConfig, Secret};
+use casd::config::ClusterConfig;
 
 use crate::support::*;
 
@@ -15,21 +15,12 @@ const GOSSIP: Duration = Duration::from_millis(200);
 const DETECTION_BOUND: Duration = Duration::from_secs(4);
 
 fn cluster(key: &ClusterKey, gossip_addr: &str, seeds: Vec<String>) -> ClusterConfig {
-    ClusterConfig {
-        id: "casd-test".into(),
-        gossip_addr: gossip_addr.parse().expect("addr"),
-        gossip_advertise: None,
-        replication_addr: "127.0.0.1:0".parse().expect("addr"),
-        http_advertise: None,
-        seeds,
-        gossip_interval: GOSSIP,
-        phi_threshold: 8.0,
-        dead_node_grace_period: Duration::from_secs(3600),
-        expected_size: 3,
-        key: Some(Secret(key.to_base64())),
-        key_file: None,
-        multicast: MulticastConfig::default(),
-    }
+    let loopback = "127.0.0.1:0".parse().expect("addr");
+    let mut c = ClusterConfig::new("casd-test", gossip_addr.parse().expect("addr"), loopback, key);
+    c.seeds = seeds;
+    c.gossip_interval = GOSSIP;
+    c.expected_size = 3;
+    c
 }
 
 async fn member(name: &str, key: &ClusterKey, gossip_addr: &str, seeds: Vec<String>) -> NodeHandle {
