@@ -95,6 +95,22 @@ pub struct ClusterConfig {
     pub key_file: Option<PathBuf>,
     #[serde(default)]
     pub multicast: MulticastConfig,
+    /// How long a write waits for every peer's acknowledgement; a peer that misses it is counted out of the copies.
+    #[serde(default = "default_ack_timeout", with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// How long a node waits for a ticket's owner to decide a forwarded consume before refusing the ticket.
+    #[serde(default = "default_forward_timeout", with = "humantime_serde")]
+    pub forward_timeout: Duration,
+    /// Copies (this node's included) a new SSO session must reach, or the login answers 503.
+    #[serde(default = "default_min_copies")]
+    pub min_copies: usize,
+    /// How long a starting node waits to see a ready peer to copy the maps from; with none, it starts empty.
+    #[serde(default = "default_join_timeout", with = "humantime_serde")]
+    pub join_timeout: Duration,
+    /// How often a node pulls a peer's maps to repair anything a write missed (also done whenever a peer
+    /// (re)appears in the view).
+    #[serde(default = "default_anti_entropy_interval", with = "humantime_serde")]
+    pub anti_entropy_interval: Duration,
 }
 
 impl ClusterConfig {
@@ -119,6 +135,11 @@ impl ClusterConfig {
             key: Some(Secret(key.to_base64())),
             key_file: None,
             multicast: MulticastConfig::default(),
+            ack_timeout: default_ack_timeout(),
+            forward_timeout: default_forward_timeout(),
+            min_copies: default_min_copies(),
+            join_timeout: default_join_timeout(),
+            anti_entropy_interval: default_anti_entropy_interval(),
         }
     }
 }
@@ -175,6 +196,26 @@ fn default_dead_grace() -> Duration {
 
 fn default_expected_size() -> usize {
     1
+}
+
+fn default_ack_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_forward_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_min_copies() -> usize {
+    1
+}
+
+fn default_join_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+
+fn default_anti_entropy_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -502,6 +543,18 @@ impl Config {
         }
         if c.phi_threshold.is_nan() || c.phi_threshold <= 0.0 {
             return Err(self.invalid("cluster.phi_threshold", c.phi_threshold, "must be greater than zero"));
+        }
+        for (key, value) in [
+            ("cluster.ack_timeout", c.ack_timeout),
+            ("cluster.forward_timeout", c.forward_timeout),
+            ("cluster.anti_entropy_interval", c.anti_entropy_interval),
+        ] {
+            if value.is_zero() {
+                return Err(self.invalid(key, humantime::format_duration(value), "must be greater than zero"));
+            }
+        }
+        if c.min_copies == 0 || c.min_copies > c.expected_size.max(1) {
+            return Err(self.invalid("cluster.min_copies", c.min_copies, "must be between 1 and cluster.expected_size"));
         }
         if c.expected_size == 0 {
             return Err(self.invalid("cluster.expected_size", 0, "must be at least 1"));

@@ -1,16 +1,19 @@
-//! `Node::start(Config)`: wires the registry, the protocol layer and the background tasks, binds the listener and
-//! hands back a [`NodeHandle`]. Used by `main` and by the tests alike.
+//! `Node::start(Config)`: wires the registry, the protocol layer, the cluster and the background tasks, binds the
+//! listeners and hands back a [`NodeHandle`]. Used by `main` and by the tests alike.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::auth::{Throttle, UsersFile};
 use crate::cas::{self, App, cookie::TgcCookie, pages::Pages, pgt_callback::PgtCallback, slo::SloSender};
-use crate::cluster::ClusterHandle;
-use crate::config::{Config, ConfigError};
+use crate::cluster::membership::{MemberInfo, MemberStatus};
+use crate::cluster::replication::{Replicator, ReplicatorParts};
+use crate::cluster::{ClusterHandle, ClusterStatus};
+use crate::config::{ClusterConfig, Config, ConfigError};
 use crate::registry::{Maps, TicketRegistry};
 use crate::ticket::{IdGenerator, now_ms};
 
@@ -40,26 +43,53 @@ pub struct NodeHandle {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     cluster: Option<ClusterHandle>,
+    replicator: Option<Arc<Replicator>>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+    let bound = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+    Ok((listener, bound))
 }
 
 impl Node {
+    /// Starts a node. In a cluster, the node first copies every map from a ready peer (state transfer) and only then
+    /// reports `ready` and serves HTTP (invariant 5); connections made meanwhile wait in the listen backlog.
     pub async fn start(config: Config) -> Result<NodeHandle, StartError> {
-        let listener = tokio::net::TcpListener::bind(config.http.listen)
-            .await
-            .map_err(|source| StartError::Bind { addr: config.http.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.http.listen, source })?;
-        let cluster = match (&config.cluster, config.cluster_key()?) {
+        let generation = now_ms();
+        let (listener, addr) = bind(config.http.listen).await?;
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let (cluster, replicator, maps) = match (&config.cluster, config.cluster_key()?) {
             (Some(c), Some(key)) => {
-                let http =
-                    c.http_advertise.clone().unwrap_or_else(|| format!("http://{addr}{}", config.http.base_path));
-                Some(crate::cluster::start(c, &key, &config.node.name, http).await?)
+                let (repl_listener, repl_addr) = bind(c.replication_addr).await?;
+                let http = c.http_advertise.clone().unwrap_or_else(|| format!("http://{addr}{}", config.http.base_path));
+                let cluster =
+                    crate::cluster::start(c, &key, &config.node.name, generation, http, repl_addr).await?;
+                let replicator = Replicator::new(ReplicatorParts {
+                    me: config.node.name.clone(),
+                    generation,
+                    cluster_id: c.id.clone(),
+                    key,
+                    sealer: cluster.sealer(),
+                    status: cluster.status(),
+                    drops: cluster.drop_counters(),
+                    ack_timeout: c.ack_timeout,
+                    forward_timeout: c.forward_timeout,
+                    stopped: stopped.clone(),
+                });
+                let maps = Maps::replicated(&replicator, &config.tickets.policy(), c.min_copies);
+                tasks.push(tokio::spawn(replicator.clone().serve(repl_listener)));
+                transfer_state(&cluster, &replicator, c).await;
+                cluster.set_status(MemberStatus::Ready).await;
+                tasks.push(tokio::spawn(anti_entropy(replicator.clone(), cluster.status(), c.anti_entropy_interval, stopped.clone())));
+                (Some(cluster), Some(replicator), maps)
             }
-            _ => None,
+            _ => (None, None, Maps::local()),
         };
-        let mut app = build_app(&config)?;
+        let mut app = build_app(&config, generation, maps)?;
         app.cluster = cluster.as_ref().map(ClusterHandle::status);
         let app = Arc::new(app);
-        let (stop, stopped) = watch::channel(false);
 
         let router = cas::router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let mut on_stop = stopped.clone();
@@ -71,23 +101,78 @@ impl Node {
                 tracing::error!(error = %e, "http server failed");
             }
         });
-        let sweeper = tokio::spawn(sweep_forever(app.clone(), config.tickets.sweep_interval, stopped));
+        tasks.insert(0, server);
+        tasks.push(tokio::spawn(sweep_forever(app.clone(), replicator.clone(), config.tickets.sweep_interval, stopped)));
         tracing::info!(%addr, base_path = %config.http.base_path, node = %config.node.name, "casd node started");
-        Ok(NodeHandle {
-            addr,
-            base_path: config.http.base_path.clone(),
-            app,
-            stop,
-            tasks: vec![server, sweeper],
-            cluster,
-        })
+        Ok(NodeHandle { addr, base_path: config.http.base_path.clone(), app, stop, tasks, cluster, replicator })
     }
 }
 
-fn build_app(config: &Config) -> Result<App, StartError> {
-    let generation = now_ms();
+/// Waits (at most `join_timeout`) for a ready peer and copies every map from it. A node that sees no ready peer
+/// is the first of its cluster and starts empty.
+async fn transfer_state(cluster: &ClusterHandle, replicator: &Arc<Replicator>, c: &ClusterConfig) {
+    // With no seeds and no multicast this node cannot find anyone: it is the first, others will find it.
+    if c.seeds.is_empty() && !c.multicast.enabled {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + c.join_timeout;
+    let mut status = cluster.status();
+    loop {
+        let ready: Vec<MemberInfo> = ready_peers(&status.borrow());
+        for peer in &ready {
+            match replicator.pull_all(peer).await {
+                Ok(n) => {
+                    tracing::info!(from = %peer.node, entries = n, "state transfer done");
+                    return;
+                }
+                Err(e) => tracing::warn!(from = %peer.node, error = %e, "state transfer failed; trying another peer"),
+            }
+        }
+        if tokio::time::timeout_at(deadline, status.changed()).await.is_err() {
+            tracing::info!("no ready peer seen: starting as the first node of the cluster");
+            return;
+        }
+    }
+}
+
+fn ready_peers(status: &ClusterStatus) -> Vec<MemberInfo> {
+    status.view().into_values().filter(|m| !m.is_self && m.status == MemberStatus::Ready).collect()
+}
+
+/// Repairs what synchronous writes missed (a peer that was cut off or slow): pulls the maps of every peer that
+/// (re)appears in the view, and of one peer every `every`. Joins make repeated pulls harmless.
+async fn anti_entropy(replicator: Arc<Replicator>, mut status: watch::Receiver<ClusterStatus>, every: Duration, mut stopped: watch::Receiver<bool>) {
+    let mut known: std::collections::BTreeMap<String, u64> =
+        ready_peers(&status.borrow()).into_iter().map(|m| (m.node, m.generation)).collect();
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    let mut round = 0usize;
+    loop {
+        let periodic = tokio::select! {
+            _ = async { let _ = stopped.wait_for(|s| *s).await; } => return,
+            changed = status.changed() => { if changed.is_err() { return; } false }
+            _ = tick.tick() => true,
+        };
+        let peers = ready_peers(&status.borrow());
+        let mut to_pull: Vec<MemberInfo> =
+            peers.iter().filter(|m| known.get(&m.node) != Some(&m.generation)).cloned().collect();
+        known = peers.iter().map(|m| (m.node.clone(), m.generation)).collect();
+        if periodic && !peers.is_empty() {
+            round += 1;
+            to_pull.push(peers[round % peers.len()].clone());
+        }
+        for peer in to_pull {
+            match replicator.pull_all(&peer).await {
+                Ok(n) => tracing::debug!(from = %peer.node, entries = n, "anti-entropy pull"),
+                Err(e) => tracing::info!(from = %peer.node, error = %e, "anti-entropy pull failed"),
+            }
+        }
+    }
+}
+
+fn build_app(config: &Config, generation: u64, maps: Maps) -> Result<App, StartError> {
     let ids = IdGenerator::new(&config.node.name, generation);
-    let registry = Arc::new(TicketRegistry::new(ids, config.tickets.policy(), Maps::local()));
+    let registry = Arc::new(TicketRegistry::new(ids, config.tickets.policy(), maps));
     let mut users = config.auth.users.clone();
     if let Some(path) = &config.auth.users_file {
         users.extend(UsersFile::read(path)?);
@@ -114,8 +199,9 @@ fn build_app(config: &Config) -> Result<App, StartError> {
 }
 
 /// Removes expired tickets and sends single logout for expired TGTs (CAS 3.0 §2.3.3 allows it on expiry; Apereo
-/// deployments that skip it leave applications logged in, apereo/cas PR #417).
-async fn sweep_forever(app: Arc<App>, every: std::time::Duration, mut stopped: watch::Receiver<bool>) {
+/// deployments that skip it leave applications logged in, apereo/cas PR #417). In a cluster every node sweeps, but
+/// only the TGT's owner (or its successor when the owner is gone) sends the logout, so it goes out once.
+async fn sweep_forever(app: Arc<App>, replicator: Option<Arc<Replicator>>, every: Duration, mut stopped: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -125,8 +211,10 @@ async fn sweep_forever(app: Arc<App>, every: std::time::Duration, mut stopped: w
         }
         let now = now_ms();
         for (id, tgt) in app.registry.sweep(now).await {
-            tracing::info!(tgt = %id.redacted(), "sso session expired");
-            app.slo.notify(&app.services, &tgt);
+            if replicator.as_ref().is_none_or(|r| r.sends_expiry_logout(id.origin().as_ref())) {
+                tracing::info!(tgt = %id.redacted(), "sso session expired");
+                app.slo.notify(&app.services, &tgt);
+            }
         }
         app.throttle.sweep(now);
     }
@@ -154,6 +242,11 @@ impl NodeHandle {
     /// The cluster membership, when the node runs in a cluster.
     pub fn cluster(&self) -> Option<&ClusterHandle> {
         self.cluster.as_ref()
+    }
+
+    /// The replication service, when the node runs in a cluster.
+    pub fn replicator(&self) -> Option<&Arc<Replicator>> {
+        self.replicator.as_ref()
     }
 
     /// Graceful stop: leaves the cluster (peers see `leaving`), stops accepting requests, lets in-flight ones

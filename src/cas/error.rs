@@ -57,6 +57,10 @@ impl CasFailure {
                 CasCode::InvalidTicketSpec,
                 format!("Ticket '{shown}' is not of a kind this endpoint accepts"),
             ),
+            RegistryError::Map(crate::registry::MapError::OwnerUnreachable) => Self::new(
+                CasCode::InvalidTicket,
+                format!("Ticket '{shown}' could not be verified: the node that issued it is unavailable"),
+            ),
             RegistryError::Map(e) => {
                 tracing::warn!(error = %e, "ticket registry unavailable");
                 Self::new(CasCode::InternalError, "The ticket registry is unavailable; please retry")

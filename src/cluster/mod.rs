@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod drops;
 pub mod gossip_transport;
 pub mod membership;
+pub mod replication;
 pub mod seal;
 
 use std::collections::{HashMap, HashSet};
@@ -24,7 +25,6 @@ use self::drops::{DropCounters, DropCounts};
 use self::membership::{KEY_HTTP, KEY_REPLICATION, KEY_STATUS, MemberInfo, MemberStatus, View};
 use self::seal::{ClusterKey, Opener, Purpose, Sealer};
 use crate::config::ClusterConfig;
-use crate::ticket::now_ms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -65,23 +65,29 @@ pub struct ClusterHandle {
     gossip_interval: Duration,
     gossip_addr: SocketAddr,
     drops: Arc<DropCounters>,
+    sealer: Arc<Sealer>,
 }
 
 /// Starts gossip for node `node` whose HTTP endpoint peers reach at `http_addr`.
+/// Starts gossip for node `node`, published as `joining` until [`ClusterHandle::set_status`] says otherwise.
+/// `generation` must be this boot's (the one in every ticket id the node issues); `replication_addr` is the bound
+/// replication listener.
 pub async fn start(
     cfg: &ClusterConfig,
     key: &ClusterKey,
     node: &str,
+    generation: u64,
     http_addr: String,
+    replication_addr: SocketAddr,
 ) -> Result<ClusterHandle, ClusterError> {
     let socket = tokio::net::UdpSocket::bind(cfg.gossip_addr)
         .await
         .map_err(|source| ClusterError::BindGossip { addr: cfg.gossip_addr, source })?;
     let bound = socket.local_addr().map_err(|source| ClusterError::BindGossip { addr: cfg.gossip_addr, source })?;
     let advertised = cfg.gossip_advertise.unwrap_or(bound);
-    let generation = now_ms();
     let sealer = Arc::new(Sealer::new(key, &cfg.id, node, generation));
     let drops = Arc::new(DropCounters::default());
+    let sealer_for_replication = sealer.clone();
     let transport = gossip_transport::SealedUdpTransport::new(
         socket,
         sealer.clone(),
@@ -109,8 +115,8 @@ pub async fn start(
     };
     let initial = vec![
         (KEY_HTTP.to_owned(), http_addr),
-        (KEY_REPLICATION.to_owned(), cfg.replication_addr.to_string()),
-        (KEY_STATUS.to_owned(), MemberStatus::Ready.as_str().to_owned()),
+        (KEY_REPLICATION.to_owned(), replication_addr.to_string()),
+        (KEY_STATUS.to_owned(), MemberStatus::Joining.as_str().to_owned()),
     ];
     let chitchat =
         Arc::new(spawn_chitchat(config, initial, &transport).await.map_err(|e| ClusterError::Gossip(e.to_string()))?);
@@ -154,7 +160,16 @@ pub async fn start(
         )));
     }
     tracing::info!(cluster = %cfg.id, node, generation, gossip = %advertised, seeds = cfg.seeds.len(), multicast = cfg.multicast.enabled, "cluster membership started");
-    Ok(ClusterHandle { chitchat, status, stop, tasks, gossip_interval: cfg.gossip_interval, gossip_addr: bound, drops })
+    Ok(ClusterHandle {
+        chitchat,
+        status,
+        stop,
+        tasks,
+        gossip_interval: cfg.gossip_interval,
+        gossip_addr: bound,
+        drops,
+        sealer: sealer_for_replication,
+    })
 }
 
 /// Refreshes the status every gossip interval from chitchat's state, tracking when each heartbeat last rose (for
@@ -247,9 +262,24 @@ impl ClusterHandle {
         self.drops.snapshot()
     }
 
+    /// The drop counters, shared with the replication links.
+    pub fn drop_counters(&self) -> Arc<DropCounters> {
+        self.drops.clone()
+    }
+
+    /// This node's sealer, shared with the replication links (one nonce counter per boot).
+    pub fn sealer(&self) -> Arc<Sealer> {
+        self.sealer.clone()
+    }
+
+    /// Publishes this node's status (e.g. `ready` once state transfer is done).
+    pub async fn set_status(&self, status: MemberStatus) {
+        self.chitchat.with_chitchat(|c| c.self_node_state().set(KEY_STATUS, status.as_str())).await;
+    }
+
     /// Graceful leave: publish `leaving`, give peers a few gossip rounds to hear it, then stop.
     pub async fn leave(self) {
-        self.chitchat.with_chitchat(|c| c.self_node_state().set(KEY_STATUS, MemberStatus::Leaving.as_str())).await;
+        self.set_status(MemberStatus::Leaving).await;
         tokio::time::sleep(self.gossip_interval * 3).await;
         self.stop_now().await;
     }

@@ -74,7 +74,11 @@ impl ClusterKey {
 pub enum Purpose {
     Gossip = 1,
     Beacon = 2,
+    /// Replication requests (writes, consumes, snapshot pulls).
     Replication = 3,
+    /// Replies to replication requests: their own keys and replay window, since they travel on the other
+    /// direction's connection.
+    ReplicationReply = 4,
 }
 
 impl Purpose {
@@ -83,6 +87,7 @@ impl Purpose {
             1 => Some(Self::Gossip),
             2 => Some(Self::Beacon),
             3 => Some(Self::Replication),
+            4 => Some(Self::ReplicationReply),
             _ => None,
         }
     }
@@ -138,14 +143,21 @@ impl Sealer {
     pub fn new(key: &ClusterKey, cluster_id: &str, node: &str, boot_ms: EpochMs) -> Self {
         let mut boot_id = [0u8; 16];
         rand::fill(&mut boot_id);
-        let ciphers = [Purpose::Gossip, Purpose::Beacon, Purpose::Replication]
+        let ciphers = [Purpose::Gossip, Purpose::Beacon, Purpose::Replication, Purpose::ReplicationReply]
             .into_iter()
             .map(|p| (p, derive(key, cluster_id, p, node, &boot_id)))
             .collect();
         Self { node: node.to_owned(), boot_id, boot_ms, counter: AtomicU64::new(0), ciphers }
     }
 
+    /// Seals a frame for every node (gossip, beacons).
     pub fn seal(&self, purpose: Purpose, payload: &[u8], now: EpochMs) -> Vec<u8> {
+        self.seal_to(purpose, "", payload, now)
+    }
+
+    /// Seals a frame that only `recipient` accepts: its name is part of the associated data, so a frame captured on
+    /// one link cannot be replayed to another node.
+    pub fn seal_to(&self, purpose: Purpose, recipient: &str, payload: &[u8], now: EpochMs) -> Vec<u8> {
         let counter = self.counter.fetch_add(1, Ordering::Relaxed) + 1;
         let mut frame = Vec::with_capacity(45 + self.node.len() + payload.len() + TAG_LEN);
         frame.extend_from_slice(MAGIC);
@@ -158,8 +170,9 @@ impl Sealer {
         frame.extend_from_slice(&now.to_be_bytes());
         frame.extend_from_slice(&counter.to_be_bytes());
         let cipher = &self.ciphers[&purpose];
+        let aad = [frame.as_slice(), recipient.as_bytes()].concat();
         let sealed = cipher
-            .encrypt(&nonce(counter), Payload { msg: payload, aad: &frame })
+            .encrypt(&nonce(counter), Payload { msg: payload, aad: &aad })
             .expect("ChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
         frame.extend_from_slice(&sealed);
         frame
@@ -246,16 +259,25 @@ pub struct Opener {
     key: ClusterKey,
     cluster_id: String,
     purpose: Purpose,
+    /// This node's name for frames sealed to it, empty for broadcast purposes.
+    recipient: String,
     boots: HashMap<(String, [u8; 16]), PeerBoot>,
     latest_boot_ms: HashMap<String, u64>,
 }
 
 impl Opener {
+    /// Opens frames sealed for every node.
     pub fn new(key: &ClusterKey, cluster_id: &str, purpose: Purpose) -> Self {
+        Self::for_recipient(key, cluster_id, purpose, "")
+    }
+
+    /// Opens only frames sealed to `recipient` (this node).
+    pub fn for_recipient(key: &ClusterKey, cluster_id: &str, purpose: Purpose, recipient: &str) -> Self {
         Self {
             key: key.clone(),
             cluster_id: cluster_id.to_owned(),
             purpose,
+            recipient: recipient.to_owned(),
             boots: HashMap::new(),
             latest_boot_ms: HashMap::new(),
         }
@@ -279,9 +301,10 @@ impl Opener {
             cipher: derive(key, cluster_id, purpose, h.sender, &h.boot_id),
             window: ReplayWindow::default(),
         });
+        let aad = [&frame[..h.len], self.recipient.as_bytes()].concat();
         let payload = boot
             .cipher
-            .decrypt(&nonce(h.counter), Payload { msg: &frame[h.len..], aad: &frame[..h.len] })
+            .decrypt(&nonce(h.counter), Payload { msg: &frame[h.len..], aad: &aad })
             .map_err(|_| SealError::BadTag);
         let payload = match payload {
             Ok(p) => p,
@@ -369,6 +392,16 @@ mod tests {
         assert_eq!(o.open(&old_frame, NOW), Err(SealError::StaleBoot { sender: "node1".into() }));
         let late = new.seal(Purpose::Gossip, b"", NOW - MAX_CLOCK_SKEW_MS - 1);
         assert!(matches!(o.open(&late, NOW), Err(SealError::Stale { .. })));
+    }
+
+    #[test]
+    fn a_frame_sealed_to_one_node_is_refused_by_another() {
+        let (key, s, _) = pair();
+        let frame = s.seal_to(Purpose::Replication, "node2", b"put", NOW);
+        let mut node2 = Opener::for_recipient(&key, "c1", Purpose::Replication, "node2");
+        let mut node3 = Opener::for_recipient(&key, "c1", Purpose::Replication, "node3");
+        assert_eq!(node3.open(&frame, NOW), Err(SealError::BadTag));
+        assert_eq!(node2.open(&frame, NOW).map(|o| o.payload), Ok(b"put".to_vec()));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! API, and a single node runs it over local maps.
 
 pub mod map;
+pub mod replicated;
 
 use std::sync::Arc;
 
@@ -24,6 +25,26 @@ pub struct Maps {
 }
 
 impl Maps {
+    /// Maps replicated to the whole cluster through `replicator`, registered with it for incoming changes.
+    pub fn replicated(replicator: &Arc<crate::cluster::replication::Replicator>, expiry: &ExpiryPolicy, min_copies: usize) -> Self {
+        use replicated::{MapPolicy, ReplicatedMap};
+        // A tombstone must outlive every copy of the ticket it removes, clocks a little apart included.
+        let margin = std::time::Duration::from_secs(60);
+        let policy = |index, owner_consumes, min_copies, lifetime: std::time::Duration| MapPolicy {
+            index,
+            owner_consumes,
+            min_copies,
+            tombstone_ttl: lifetime + margin,
+        };
+        let tgt = Arc::new(ReplicatedMap::<Tgt>::new(policy(0, false, min_copies, expiry.tgt_max_lifetime), replicator.clone()));
+        let st = Arc::new(ReplicatedMap::<ServiceTicket>::new(policy(1, true, 1, expiry.st_ttl), replicator.clone()));
+        let pt = Arc::new(ReplicatedMap::<ServiceTicket>::new(policy(2, true, 1, expiry.pt_ttl), replicator.clone()));
+        let pgt = Arc::new(ReplicatedMap::<Pgt>::new(policy(3, false, 1, expiry.tgt_max_lifetime), replicator.clone()));
+        let lt = Arc::new(ReplicatedMap::<LoginTicket>::new(policy(4, true, 1, expiry.lt_ttl), replicator.clone()));
+        replicator.register_maps(vec![tgt.clone(), st.clone(), pt.clone(), pgt.clone(), lt.clone()]);
+        Self { tgt, st, pt, pgt, lt }
+    }
+
     /// In-memory maps for a single node.
     pub fn local() -> Self {
         Self {

@@ -21,11 +21,15 @@ pub struct Principal {
 ///
 /// `Change` is the only way to alter a stored ticket after creation. Changes are designed to commute, so that two
 /// nodes changing the same ticket at once both keep their change (the lost-update bug of apereo/cas#875 and #5326).
-pub trait Ticket: Clone + Send + Sync + 'static {
+pub trait Ticket: Clone + Send + Sync + Serialize + serde::de::DeserializeOwned + 'static {
     type Change: Clone + Send + Sync + 'static;
 
     fn apply(&mut self, change: &Self::Change);
     fn is_expired(&self, policy: &ExpiryPolicy, now: EpochMs) -> bool;
+
+    /// Joins another copy of the same ticket into this one. Must be commutative, associative and idempotent, so
+    /// replicas that exchange copies in any order end equal. Immutable tickets have nothing to join.
+    fn merge(&mut self, _other: &Self) {}
 }
 
 /// Ticket-granting ticket: the SSO session.
@@ -84,6 +88,14 @@ impl Ticket for Tgt {
 
     fn is_expired(&self, policy: &ExpiryPolicy, now: EpochMs) -> bool {
         policy.tgt_expired(self.created, self.last_used, now)
+    }
+
+    /// Union of the service lists (per service the newest grant), latest use: the same rules as `apply`.
+    fn merge(&mut self, other: &Self) {
+        for (service, grant) in &other.services {
+            self.apply(&TgtChange::Granted { ticket: grant.ticket.clone(), service: service.clone(), at: grant.at });
+        }
+        self.apply(&TgtChange::Touch { at: other.last_used });
     }
 }
 
@@ -182,6 +194,23 @@ mod tests {
         assert_eq!(one, two);
         assert_eq!(one.services.len(), 2);
         assert_eq!(one.last_used, 9);
+    }
+
+    #[test]
+    fn merging_copies_converges_whatever_the_order() {
+        let mut a = tgt();
+        a.apply(&TgtChange::Granted { ticket: "ST-1".into(), service: "https://a/".into(), at: 1 });
+        let mut b = tgt();
+        b.apply(&TgtChange::Granted { ticket: "ST-2".into(), service: "https://b/".into(), at: 2 });
+        b.apply(&TgtChange::Granted { ticket: "ST-3".into(), service: "https://a/".into(), at: 3 });
+        let (mut ab, mut ba) = (a.clone(), b.clone());
+        ab.merge(&b);
+        ba.merge(&a);
+        assert_eq!(ab, ba);
+        assert_eq!(ab.services["https://a/"].ticket, "ST-3");
+        let before = ab.clone();
+        ab.merge(&a);
+        assert_eq!(ab, before, "idempotent");
     }
 
     #[test]

@@ -1,0 +1,448 @@
+//! Replication between nodes: persistent TCP links carrying sealed frames, synchronous writes acknowledged by every
+//! member of the view, consumption of one-time tickets forwarded to their owner, and snapshot pulls for state
+//! transfer and anti-entropy. Knows members and bytes; the typed maps live in `registry::replicated`.
+//!
+//! Each node dials every peer for its own requests and answers the peers' requests on the connections they dial,
+//! so each direction is one ordered stream. Requests are pipelined: many in flight per link, matched by id.
+
+pub mod wire;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use self::wire::{Entry, Op, Reply, ReplyEnvelope, Request, RequestEnvelope, read_frame, write_frame};
+use super::ClusterStatus;
+use super::drops::DropCounters;
+use super::membership::{MemberInfo, MemberStatus};
+use super::seal::{ClusterKey, Opener, Purpose, Sealer};
+use crate::ticket::{Origin, now_ms};
+
+const SNAPSHOT_PAGE: u32 = 2000;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What replication needs from one map on this node.
+#[async_trait]
+pub trait MapReplica: Send + Sync {
+    /// Applies a replicated change: a join, so any order and any repetition give the same result.
+    fn apply(&self, op: &Op);
+    /// Consumes a one-time ticket this node owns, replicating the removal before answering.
+    async fn consume_as_owner(&self, id: &str) -> Reply;
+    /// A page of entries in id order after `after`, tombstones included.
+    fn snapshot(&self, after: Option<&str>, limit: usize) -> (Vec<Entry>, bool);
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReplicaError {
+    #[error("{node} did not answer in time")]
+    Timeout { node: String },
+    #[error("link to {node} failed")]
+    LinkDown { node: String },
+    #[error("{node} answered {answer}")]
+    Refused { node: String, answer: String },
+}
+
+/// Who decides about a ticket.
+#[derive(Debug, PartialEq)]
+pub enum Owner {
+    Me,
+    Peer(MemberInfo),
+    /// The issuing node is not in the view in the generation that issued the ticket (dead, restarted, cut off).
+    Gone,
+}
+
+/// Counts since start.
+#[derive(Default)]
+pub struct ReplicationCounters {
+    pub writes: AtomicU64,
+    pub acks: AtomicU64,
+    pub ack_failures: AtomicU64,
+    pub forwarded_consumes: AtomicU64,
+    pub entries_pulled: AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct ReplicationCounts {
+    pub writes: u64,
+    pub acks: u64,
+    pub ack_failures: u64,
+    pub forwarded_consumes: u64,
+    pub entries_pulled: u64,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
+
+/// An outgoing link to one peer in one generation: a writer task fed by `tx` and a reader task matching replies.
+struct Link {
+    generation: u64,
+    tx: mpsc::Sender<(Request, oneshot::Sender<Reply>)>,
+}
+
+pub struct Replicator {
+    me: String,
+    generation: u64,
+    cluster_id: String,
+    key: ClusterKey,
+    sealer: Arc<Sealer>,
+    status: watch::Receiver<ClusterStatus>,
+    maps: OnceLock<Vec<Arc<dyn MapReplica>>>,
+    links: Mutex<HashMap<String, Arc<Link>>>,
+    /// Shared by every connection, so a frame replayed on a new connection is still caught.
+    request_opener: Mutex<Opener>,
+    reply_opener: Arc<Mutex<Opener>>,
+    drops: Arc<DropCounters>,
+    next_id: AtomicU64,
+    ack_timeout: Duration,
+    forward_timeout: Duration,
+    stopped: watch::Receiver<bool>,
+    pub counters: ReplicationCounters,
+}
+
+pub struct ReplicatorParts {
+    pub me: String,
+    pub generation: u64,
+    pub cluster_id: String,
+    pub key: ClusterKey,
+    pub sealer: Arc<Sealer>,
+    pub status: watch::Receiver<ClusterStatus>,
+    pub drops: Arc<DropCounters>,
+    pub ack_timeout: Duration,
+    pub forward_timeout: Duration,
+    /// Turns true when the node stops: every link and connection task ends, as after a crash.
+    pub stopped: watch::Receiver<bool>,
+}
+
+impl Replicator {
+    pub fn new(p: ReplicatorParts) -> Arc<Self> {
+        Arc::new(Self {
+            request_opener: Mutex::new(Opener::for_recipient(&p.key, &p.cluster_id, Purpose::Replication, &p.me)),
+            reply_opener: Arc::new(Mutex::new(Opener::for_recipient(
+                &p.key,
+                &p.cluster_id,
+                Purpose::ReplicationReply,
+                &p.me,
+            ))),
+            me: p.me,
+            generation: p.generation,
+            cluster_id: p.cluster_id,
+            key: p.key,
+            sealer: p.sealer,
+            status: p.status,
+            maps: OnceLock::new(),
+            links: Mutex::new(HashMap::new()),
+            drops: p.drops,
+            next_id: AtomicU64::new(1),
+            ack_timeout: p.ack_timeout,
+            forward_timeout: p.forward_timeout,
+            stopped: p.stopped,
+            counters: ReplicationCounters::default(),
+        })
+    }
+
+    /// Registers the maps, indexed by their `map` number. Done once, before serving.
+    pub fn register_maps(&self, maps: Vec<Arc<dyn MapReplica>>) {
+        let _ = self.maps.set(maps);
+    }
+
+    fn map(&self, index: u8) -> Option<&Arc<dyn MapReplica>> {
+        self.maps.get()?.get(index as usize)
+    }
+
+    pub fn node(&self) -> &str {
+        &self.me
+    }
+
+    pub fn counts(&self) -> ReplicationCounts {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ReplicationCounts {
+            writes: get(&c.writes),
+            acks: get(&c.acks),
+            ack_failures: get(&c.ack_failures),
+            forwarded_consumes: get(&c.forwarded_consumes),
+            entries_pulled: get(&c.entries_pulled),
+        }
+    }
+
+    /// Live peers that take writes: every alive member but this node, joining ones included (they must not miss
+    /// writes made during their state transfer).
+    pub fn peers(&self) -> Vec<MemberInfo> {
+        self.status
+            .borrow()
+            .view()
+            .into_values()
+            .filter(|m| !m.is_self && m.replication_addr.is_some())
+            .filter(|m| matches!(m.status, MemberStatus::Ready | MemberStatus::Joining | MemberStatus::Leaving))
+            .collect()
+    }
+
+    pub fn owner(&self, origin: &Origin) -> Owner {
+        if origin.node == self.me {
+            return if origin.generation == self.generation { Owner::Me } else { Owner::Gone };
+        }
+        match self.status.borrow().view().remove(&origin.node) {
+            Some(m) if m.generation == origin.generation && m.replication_addr.is_some() => Owner::Peer(m),
+            _ => Owner::Gone,
+        }
+    }
+
+    /// Whether this node sends single logout for an expired TGT issued by `origin`: its owner, or, when the owner is
+    /// gone, the live ready node with the lowest name (a deterministic successor every node computes alike).
+    pub fn sends_expiry_logout(&self, origin: Option<&Origin>) -> bool {
+        match origin.map(|o| self.owner(o)) {
+            Some(Owner::Me) => true,
+            Some(Owner::Peer(_)) => false,
+            _ => {
+                let view = self.status.borrow().view();
+                let successor = view.values().filter(|m| m.status == MemberStatus::Ready || m.is_self).map(|m| &m.node).min();
+                successor.is_none_or(|s| *s == self.me)
+            }
+        }
+    }
+
+    /// Sends `op` to every peer and waits for their acknowledgements, at most `ack_timeout`. Returns the number of
+    /// copies that now exist, this node's included.
+    pub async fn replicate(self: &Arc<Self>, op: Op) -> usize {
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        let peers = self.peers();
+        let sends = peers.iter().map(|peer| self.request(peer, Request::Apply(op.clone()), self.ack_timeout));
+        let results = futures_util::future::join_all(sends).await;
+        let mut copies = 1;
+        for (peer, result) in peers.iter().zip(results) {
+            match result {
+                Ok(Reply::Applied) => {
+                    copies += 1;
+                    self.counters.acks.fetch_add(1, Ordering::Relaxed);
+                }
+                other => {
+                    self.counters.ack_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %peer.node, outcome = ?other.err(), "replica did not acknowledge a write");
+                }
+            }
+        }
+        copies
+    }
+
+    /// Asks the owner to consume a one-time ticket. Fails (closed) when the owner cannot be asked.
+    pub async fn forward_consume(self: &Arc<Self>, owner: &MemberInfo, map: u8, id: &str) -> Result<Option<Vec<u8>>, ReplicaError> {
+        self.counters.forwarded_consumes.fetch_add(1, Ordering::Relaxed);
+        match self.request(owner, Request::Consume { map, id: id.to_owned() }, self.forward_timeout).await? {
+            Reply::Consumed(value) => Ok(value),
+            other => Err(ReplicaError::Refused { node: owner.node.clone(), answer: format!("{other:?}") }),
+        }
+    }
+
+    /// Pulls every map from `peer` and merges it in: state transfer for a joiner, anti-entropy after a heal.
+    pub async fn pull_all(self: &Arc<Self>, peer: &MemberInfo) -> Result<u64, ReplicaError> {
+        let maps = self.maps.get().map_or(0, Vec::len);
+        let mut pulled = 0;
+        for map in 0..maps as u8 {
+            let mut after = None;
+            loop {
+                let page = Request::Snapshot { map, after: after.clone(), limit: SNAPSHOT_PAGE };
+                let reply = self.request(peer, page, Duration::from_secs(10)).await?;
+                let Reply::Snapshot { entries, done } = reply else {
+                    return Err(ReplicaError::Refused { node: peer.node.clone(), answer: format!("{reply:?}") });
+                };
+                let Some(target) = self.map(map) else { break };
+                for entry in &entries {
+                    let (id, op) = match entry {
+                        Entry::Live { id, value } => (id, Op::Put { map, id: id.clone(), value: value.clone() }),
+                        Entry::Removed { id, gc_after } => (id, Op::Remove { map, id: id.clone(), gc_after: *gc_after }),
+                    };
+                    target.apply(&op);
+                    after = Some(id.clone());
+                }
+                pulled += entries.len() as u64;
+                if done || entries.is_empty() {
+                    break;
+                }
+            }
+        }
+        self.counters.entries_pulled.fetch_add(pulled, Ordering::Relaxed);
+        Ok(pulled)
+    }
+
+    async fn request(self: &Arc<Self>, peer: &MemberInfo, body: Request, timeout: Duration) -> Result<Reply, ReplicaError> {
+        let link = self.link(peer).ok_or_else(|| ReplicaError::LinkDown { node: peer.node.clone() })?;
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let down = || ReplicaError::LinkDown { node: peer.node.clone() };
+        link.tx.send((body, reply_tx)).await.map_err(|_| down())?;
+        match tokio::time::timeout(timeout, reply_rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(down()),
+            Err(_) => Err(ReplicaError::Timeout { node: peer.node.clone() }),
+        }
+    }
+
+    /// The live link to `peer`, dialling a new one when there is none or the peer restarted.
+    fn link(self: &Arc<Self>, peer: &MemberInfo) -> Option<Arc<Link>> {
+        let addr: SocketAddr = peer.replication_addr.as_deref()?.parse().ok()?;
+        let mut links = self.links.lock().ok()?;
+        if let Some(link) = links.get(&peer.node) {
+            if link.generation == peer.generation && !link.tx.is_closed() {
+                return Some(link.clone());
+            }
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        let link = Arc::new(Link { generation: peer.generation, tx });
+        links.insert(peer.node.clone(), link.clone());
+        tokio::spawn(self.clone().run_link(peer.node.clone(), addr, rx));
+        Some(link)
+    }
+
+    async fn run_link(self: Arc<Self>, node: String, addr: SocketAddr, mut rx: mpsc::Receiver<(Request, oneshot::Sender<Reply>)>) {
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            other => {
+                tracing::debug!(peer = %node, %addr, outcome = ?other.map(|r| r.err()), "replication link not established");
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = stream.into_split();
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let (read_pending, opener, drops) = (pending.clone(), self.reply_opener.clone(), self.drops.clone());
+        let reader_task = tokio::spawn(async move {
+            while let Ok(frame) = read_frame(&mut reader).await {
+                let opened = opener.lock().map_err(|_| ()).and_then(|mut o| o.open(&frame, now_ms()).map_err(|e| drops.record(&e, addr)));
+                let Ok(opened) = opened else { continue };
+                let Ok(reply) = postcard::from_bytes::<ReplyEnvelope>(&opened.payload) else {
+                    drops.malformed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let waiter = read_pending.lock().ok().and_then(|mut p| p.remove(&reply.id));
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(reply.body);
+                }
+            }
+        });
+        let mut stopped = self.stopped.clone();
+        loop {
+            let next = tokio::select! {
+                next = rx.recv() => next,
+                _ = async { let _ = stopped.wait_for(|s| *s).await; } => None,
+            };
+            let Some((body, reply_tx)) = next else { break };
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut p) = pending.lock() {
+                p.insert(id, reply_tx);
+            }
+            let payload = postcard::to_allocvec(&RequestEnvelope { id, body }).expect("requests always serialise");
+            let frame = self.sealer.seal_to(Purpose::Replication, &node, &payload, now_ms());
+            if reader_task.is_finished() || write_frame(&mut writer, &frame).await.is_err() {
+                break;
+            }
+        }
+        // Dropping the pending senders fails every waiting request at once.
+        reader_task.abort();
+        if let Ok(mut p) = pending.lock() {
+            p.clear();
+        }
+    }
+
+    /// Answers the peers' requests until the node stops.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let mut stopped = self.stopped.clone();
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = async { let _ = stopped.wait_for(|s| *s).await; } => return,
+            };
+            let Ok((stream, from)) = accepted else { continue };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(self.clone().serve_connection(stream, from));
+        }
+    }
+
+    async fn serve_connection(self: Arc<Self>, stream: TcpStream, from: SocketAddr) {
+        let (mut reader, mut writer) = stream.into_split();
+        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(1024);
+        let writer_task = tokio::spawn(async move {
+            while let Some(frame) = out_rx.recv().await {
+                if write_frame(&mut writer, &frame).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stopped = self.stopped.clone();
+        loop {
+            let frame = tokio::select! {
+                frame = read_frame(&mut reader) => frame,
+                _ = async { let _ = stopped.wait_for(|s| *s).await; } => break,
+            };
+            let Ok(frame) = frame else { break };
+            let opened = match self.request_opener.lock() {
+                Ok(mut o) => o.open(&frame, now_ms()),
+                Err(_) => break,
+            };
+            let opened = match opened {
+                Ok(o) => o,
+                Err(e) => {
+                    self.drops.record(&e, from);
+                    continue;
+                }
+            };
+            let Ok(request) = postcard::from_bytes::<RequestEnvelope>(&opened.payload) else {
+                self.drops.malformed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let (this, out_tx) = (self.clone(), out_tx.clone());
+            tokio::spawn(async move {
+                let body = this.handle(request.body).await;
+                let payload = postcard::to_allocvec(&ReplyEnvelope { id: request.id, body }).expect("replies always serialise");
+                let frame = this.sealer.seal_to(Purpose::ReplicationReply, &opened.sender, &payload, now_ms());
+                let _ = out_tx.send(frame).await;
+            });
+        }
+        drop(out_tx);
+        writer_task.abort();
+    }
+
+    async fn handle(&self, request: Request) -> Reply {
+        match request {
+            Request::Apply(op) => {
+                let map = match &op {
+                    Op::Put { map, .. } | Op::Remove { map, .. } => *map,
+                };
+                match self.map(map) {
+                    Some(m) => {
+                        m.apply(&op);
+                        Reply::Applied
+                    }
+                    None => Reply::Error(format!("no map {map}")),
+                }
+            }
+            Request::Consume { map, id } => match self.map(map) {
+                Some(m) => m.consume_as_owner(&id).await,
+                None => Reply::Error(format!("no map {map}")),
+            },
+            Request::Snapshot { map, after, limit } => match self.map(map) {
+                Some(m) => {
+                    let (entries, done) = m.snapshot(after.as_deref(), limit.min(SNAPSHOT_PAGE) as usize);
+                    Reply::Snapshot { entries, done }
+                }
+                None => Reply::Error(format!("no map {map}")),
+            },
+        }
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    pub fn key(&self) -> &ClusterKey {
+        &self.key
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}

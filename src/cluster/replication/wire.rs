@@ -1,0 +1,102 @@
+//! Replication messages and their framing on TCP: a 4-byte big-endian length, then a sealed frame whose payload is
+//! the postcard encoding of an envelope. Knows maps only by a small number and tickets only as bytes.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Frames larger than this are refused before allocation: a snapshot page stays far below it.
+pub const MAX_FRAME_BYTES: usize = 16 << 20;
+
+/// A change to one entry of one map. Both kinds are joins in a lattice (absent < live < removed), so replicas may
+/// apply them in any order, more than once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// A live value, merged into any existing copy.
+    Put { map: u8, id: String, value: Vec<u8> },
+    /// A tombstone: the entry is gone for good; kept until `gc_after` so a late copy cannot resurrect it.
+    Remove { map: u8, id: String, gc_after: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Apply(Op),
+    /// Asks the owner of a one-time ticket to consume it.
+    Consume { map: u8, id: String },
+    /// A page of a map, in id order, after `after`.
+    Snapshot { map: u8, after: Option<String>, limit: u32 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Entry {
+    Live { id: String, value: Vec<u8> },
+    Removed { id: String, gc_after: u64 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Applied,
+    /// The consumed value, or none when the ticket was unknown or already used.
+    Consumed(Option<Vec<u8>>),
+    /// This node is not the current owner of the ticket.
+    NotOwner,
+    Snapshot { entries: Vec<Entry>, done: bool },
+    Error(String),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RequestEnvelope {
+    pub id: u64,
+    pub body: Request,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReplyEnvelope {
+    pub id: u64,
+    pub body: Reply,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {0} bytes is over the limit")]
+    TooLarge(usize),
+}
+
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), FrameError> {
+    if frame.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(frame.len()));
+    }
+    w.write_all(&(frame.len() as u32).to_be_bytes()).await?;
+    w.write_all(frame).await?;
+    Ok(())
+}
+
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, FrameError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut frame = vec![0u8; len];
+    r.read_exact(&mut frame).await?;
+    Ok(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversize_is_refused() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        write_frame(&mut a, b"abc").await.expect("write");
+        assert_eq!(read_frame(&mut b).await.expect("read"), b"abc");
+        a.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
+        assert!(matches!(read_frame(&mut b).await, Err(FrameError::TooLarge(_))));
+        let env = RequestEnvelope { id: 7, body: Request::Consume { map: 1, id: "ST-1-n".into() } };
+        let back: RequestEnvelope = postcard::from_bytes(&postcard::to_allocvec(&env).expect("ser")).expect("de");
+        assert_eq!((back.id, back.body), (7, env.body));
+    }
+}
