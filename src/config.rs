@@ -211,7 +211,7 @@ fn default_min_copies() -> usize {
 }
 
 fn default_join_timeout() -> Duration {
-    Duration::from_secs(3)
+    Duration::from_secs(5)
 }
 
 fn default_anti_entropy_interval() -> Duration {
@@ -554,7 +554,11 @@ impl Config {
             }
         }
         if c.min_copies == 0 || c.min_copies > c.expected_size.max(1) {
-            return Err(self.invalid("cluster.min_copies", c.min_copies, "must be between 1 and cluster.expected_size"));
+            return Err(self.invalid(
+                "cluster.min_copies",
+                c.min_copies,
+                "must be between 1 and cluster.expected_size",
+            ));
         }
         if c.expected_size == 0 {
             return Err(self.invalid("cluster.expected_size", 0, "must be at least 1"));

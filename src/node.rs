@@ -63,9 +63,9 @@ impl Node {
         let (cluster, replicator, maps) = match (&config.cluster, config.cluster_key()?) {
             (Some(c), Some(key)) => {
                 let (repl_listener, repl_addr) = bind(c.replication_addr).await?;
-                let http = c.http_advertise.clone().unwrap_or_else(|| format!("http://{addr}{}", config.http.base_path));
-                let cluster =
-                    crate::cluster::start(c, &key, &config.node.name, generation, http, repl_addr).await?;
+                let http =
+                    c.http_advertise.clone().unwrap_or_else(|| format!("http://{addr}{}", config.http.base_path));
+                let cluster = crate::cluster::start(c, &key, &config.node.name, generation, http, repl_addr).await?;
                 let replicator = Replicator::new(ReplicatorParts {
                     me: config.node.name.clone(),
                     generation,
@@ -82,7 +82,12 @@ impl Node {
                 tasks.push(tokio::spawn(replicator.clone().serve(repl_listener)));
                 transfer_state(&cluster, &replicator, c).await;
                 cluster.set_status(MemberStatus::Ready).await;
-                tasks.push(tokio::spawn(anti_entropy(replicator.clone(), cluster.status(), c.anti_entropy_interval, stopped.clone())));
+                tasks.push(tokio::spawn(anti_entropy(
+                    replicator.clone(),
+                    cluster.status(),
+                    c.anti_entropy_interval,
+                    stopped.clone(),
+                )));
                 (Some(cluster), Some(replicator), maps)
             }
             _ => (None, None, Maps::local()),
@@ -102,7 +107,12 @@ impl Node {
             }
         });
         tasks.insert(0, server);
-        tasks.push(tokio::spawn(sweep_forever(app.clone(), replicator.clone(), config.tickets.sweep_interval, stopped)));
+        tasks.push(tokio::spawn(sweep_forever(
+            app.clone(),
+            replicator.clone(),
+            config.tickets.sweep_interval,
+            stopped,
+        )));
         tracing::info!(%addr, base_path = %config.http.base_path, node = %config.node.name, "casd node started");
         Ok(NodeHandle { addr, base_path: config.http.base_path.clone(), app, stop, tasks, cluster, replicator })
     }
@@ -141,7 +151,12 @@ fn ready_peers(status: &ClusterStatus) -> Vec<MemberInfo> {
 
 /// Repairs what synchronous writes missed (a peer that was cut off or slow): pulls the maps of every peer that
 /// (re)appears in the view, and of one peer every `every`. Joins make repeated pulls harmless.
-async fn anti_entropy(replicator: Arc<Replicator>, mut status: watch::Receiver<ClusterStatus>, every: Duration, mut stopped: watch::Receiver<bool>) {
+async fn anti_entropy(
+    replicator: Arc<Replicator>,
+    mut status: watch::Receiver<ClusterStatus>,
+    every: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
     let mut known: std::collections::BTreeMap<String, u64> =
         ready_peers(&status.borrow()).into_iter().map(|m| (m.node, m.generation)).collect();
     let mut tick = tokio::time::interval(every);
@@ -201,7 +216,12 @@ fn build_app(config: &Config, generation: u64, maps: Maps) -> Result<App, StartE
 /// Removes expired tickets and sends single logout for expired TGTs (CAS 3.0 §2.3.3 allows it on expiry; Apereo
 /// deployments that skip it leave applications logged in, apereo/cas PR #417). In a cluster every node sweeps, but
 /// only the TGT's owner (or its successor when the owner is gone) sends the logout, so it goes out once.
-async fn sweep_forever(app: Arc<App>, replicator: Option<Arc<Replicator>>, every: Duration, mut stopped: watch::Receiver<bool>) {
+async fn sweep_forever(
+    app: Arc<App>,
+    replicator: Option<Arc<Replicator>>,
+    every: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

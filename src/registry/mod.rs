@@ -26,7 +26,11 @@ pub struct Maps {
 
 impl Maps {
     /// Maps replicated to the whole cluster through `replicator`, registered with it for incoming changes.
-    pub fn replicated(replicator: &Arc<crate::cluster::replication::Replicator>, expiry: &ExpiryPolicy, min_copies: usize) -> Self {
+    pub fn replicated(
+        replicator: &Arc<crate::cluster::replication::Replicator>,
+        expiry: &ExpiryPolicy,
+        min_copies: usize,
+    ) -> Self {
         use replicated::{MapPolicy, ReplicatedMap};
         // A tombstone must outlive every copy of the ticket it removes, clocks a little apart included.
         let margin = std::time::Duration::from_secs(60);
@@ -36,7 +40,10 @@ impl Maps {
             min_copies,
             tombstone_ttl: lifetime + margin,
         };
-        let tgt = Arc::new(ReplicatedMap::<Tgt>::new(policy(0, false, min_copies, expiry.tgt_max_lifetime), replicator.clone()));
+        let tgt = Arc::new(ReplicatedMap::<Tgt>::new(
+            policy(0, false, min_copies, expiry.tgt_max_lifetime),
+            replicator.clone(),
+        ));
         let st = Arc::new(ReplicatedMap::<ServiceTicket>::new(policy(1, true, 1, expiry.st_ttl), replicator.clone()));
         let pt = Arc::new(ReplicatedMap::<ServiceTicket>::new(policy(2, true, 1, expiry.pt_ttl), replicator.clone()));
         let pgt = Arc::new(ReplicatedMap::<Pgt>::new(policy(3, false, 1, expiry.tgt_max_lifetime), replicator.clone()));

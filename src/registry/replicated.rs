@@ -66,10 +66,12 @@ impl<V: Ticket> ReplicatedMap<V> {
     async fn remove_and_replicate(&self, id: &TicketId) -> Option<Arc<V>> {
         let (op, gc_after) = self.remove_op(id);
         let previous = match self.slots.get_mut(id) {
-            Some(mut slot) if matches!(*slot, Slot::Live(_)) => match std::mem::replace(&mut *slot, Slot::Removed { gc_after }) {
-                Slot::Live(v) => Some(v),
-                Slot::Removed { .. } => None,
-            },
+            Some(mut slot) if matches!(*slot, Slot::Live(_)) => {
+                match std::mem::replace(&mut *slot, Slot::Removed { gc_after }) {
+                    Slot::Live(v) => Some(v),
+                    Slot::Removed { .. } => None,
+                }
+            }
             _ => None,
         };
         if previous.is_some() {
@@ -112,10 +114,11 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
         match self.replicator.owner(&origin) {
             Owner::Me => Ok(self.remove_and_replicate(id).await),
             Owner::Peer(owner) => {
-                let value = self.replicator.forward_consume(&owner, self.policy.index, id.as_str()).await.map_err(|e| {
-                    tracing::info!(ticket = %id.redacted(), error = %e, "owner could not consume; refusing");
-                    MapError::OwnerUnreachable
-                })?;
+                let value =
+                    self.replicator.forward_consume(&owner, self.policy.index, id.as_str()).await.map_err(|e| {
+                        tracing::info!(ticket = %id.redacted(), error = %e, "owner could not consume; refusing");
+                        MapError::OwnerUnreachable
+                    })?;
                 Ok(value.and_then(|bytes| Self::decode(&bytes)).map(Arc::new))
             }
             // Issued by an earlier boot of this node, or by a node that is gone: nobody may decide, so nobody does.
@@ -209,12 +212,8 @@ impl<V: Ticket> MapReplica for ReplicatedMap<V> {
     }
 
     fn snapshot(&self, after: Option<&str>, limit: usize) -> (Vec<Entry>, bool) {
-        let mut ids: Vec<String> = self
-            .slots
-            .iter()
-            .map(|e| e.key().to_string())
-            .filter(|id| after.is_none_or(|a| id.as_str() > a))
-            .collect();
+        let mut ids: Vec<String> =
+            self.slots.iter().map(|e| e.key().to_string()).filter(|id| after.is_none_or(|a| id.as_str() > a)).collect();
         ids.sort_unstable();
         let done = ids.len() <= limit;
         ids.truncate(limit);

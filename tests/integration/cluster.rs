@@ -51,8 +51,11 @@ async fn three_nodes_converge_detect_a_crash_and_see_the_rejoin() {
     let n2 = member("n2", &key, "127.0.0.1:0", seed.clone()).await;
     let n3 = member("n3", &key, "127.0.0.1:0", seed.clone()).await;
     let all = vec!["n1".to_string(), "n2".into(), "n3".into()];
-    wait_until(Duration::from_secs(10), "three nodes to share one view", || async {
-        [&n1, &n2, &n3].iter().all(|n| view_names(n) == all)
+    wait_until(Duration::from_secs(10), "three nodes to share one view, all ready", || async {
+        [&n1, &n2, &n3].iter().all(|n| {
+            let view = n.cluster().expect("c").view();
+            view.keys().eq(all.iter()) && view.values().all(|m| m.status == MemberStatus::Ready)
+        })
     })
     .await;
     println!("converged: 3 nodes in {:?}", started.elapsed());

@@ -7,6 +7,7 @@ mod interop;
 mod login;
 mod logout;
 mod proxy;
+mod replication;
 mod saml;
 mod slo;
 mod support;

@@ -88,8 +88,6 @@ struct Link {
 pub struct Replicator {
     me: String,
     generation: u64,
-    cluster_id: String,
-    key: ClusterKey,
     sealer: Arc<Sealer>,
     status: watch::Receiver<ClusterStatus>,
     maps: OnceLock<Vec<Arc<dyn MapReplica>>>,
@@ -131,8 +129,6 @@ impl Replicator {
             ))),
             me: p.me,
             generation: p.generation,
-            cluster_id: p.cluster_id,
-            key: p.key,
             sealer: p.sealer,
             status: p.status,
             maps: OnceLock::new(),
@@ -201,7 +197,8 @@ impl Replicator {
             Some(Owner::Peer(_)) => false,
             _ => {
                 let view = self.status.borrow().view();
-                let successor = view.values().filter(|m| m.status == MemberStatus::Ready || m.is_self).map(|m| &m.node).min();
+                let successor =
+                    view.values().filter(|m| m.status == MemberStatus::Ready || m.is_self).map(|m| &m.node).min();
                 successor.is_none_or(|s| *s == self.me)
             }
         }
@@ -231,7 +228,12 @@ impl Replicator {
     }
 
     /// Asks the owner to consume a one-time ticket. Fails (closed) when the owner cannot be asked.
-    pub async fn forward_consume(self: &Arc<Self>, owner: &MemberInfo, map: u8, id: &str) -> Result<Option<Vec<u8>>, ReplicaError> {
+    pub async fn forward_consume(
+        self: &Arc<Self>,
+        owner: &MemberInfo,
+        map: u8,
+        id: &str,
+    ) -> Result<Option<Vec<u8>>, ReplicaError> {
         self.counters.forwarded_consumes.fetch_add(1, Ordering::Relaxed);
         match self.request(owner, Request::Consume { map, id: id.to_owned() }, self.forward_timeout).await? {
             Reply::Consumed(value) => Ok(value),
@@ -255,7 +257,9 @@ impl Replicator {
                 for entry in &entries {
                     let (id, op) = match entry {
                         Entry::Live { id, value } => (id, Op::Put { map, id: id.clone(), value: value.clone() }),
-                        Entry::Removed { id, gc_after } => (id, Op::Remove { map, id: id.clone(), gc_after: *gc_after }),
+                        Entry::Removed { id, gc_after } => {
+                            (id, Op::Remove { map, id: id.clone(), gc_after: *gc_after })
+                        }
                     };
                     target.apply(&op);
                     after = Some(id.clone());
@@ -270,7 +274,12 @@ impl Replicator {
         Ok(pulled)
     }
 
-    async fn request(self: &Arc<Self>, peer: &MemberInfo, body: Request, timeout: Duration) -> Result<Reply, ReplicaError> {
+    async fn request(
+        self: &Arc<Self>,
+        peer: &MemberInfo,
+        body: Request,
+        timeout: Duration,
+    ) -> Result<Reply, ReplicaError> {
         let link = self.link(peer).ok_or_else(|| ReplicaError::LinkDown { node: peer.node.clone() })?;
         let (reply_tx, reply_rx) = oneshot::channel();
         let down = || ReplicaError::LinkDown { node: peer.node.clone() };
@@ -298,7 +307,12 @@ impl Replicator {
         Some(link)
     }
 
-    async fn run_link(self: Arc<Self>, node: String, addr: SocketAddr, mut rx: mpsc::Receiver<(Request, oneshot::Sender<Reply>)>) {
+    async fn run_link(
+        self: Arc<Self>,
+        node: String,
+        addr: SocketAddr,
+        mut rx: mpsc::Receiver<(Request, oneshot::Sender<Reply>)>,
+    ) {
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             other => {
@@ -312,7 +326,10 @@ impl Replicator {
         let (read_pending, opener, drops) = (pending.clone(), self.reply_opener.clone(), self.drops.clone());
         let reader_task = tokio::spawn(async move {
             while let Ok(frame) = read_frame(&mut reader).await {
-                let opened = opener.lock().map_err(|_| ()).and_then(|mut o| o.open(&frame, now_ms()).map_err(|e| drops.record(&e, addr)));
+                let opened = opener
+                    .lock()
+                    .map_err(|_| ())
+                    .and_then(|mut o| o.open(&frame, now_ms()).map_err(|e| drops.record(&e, addr)));
                 let Ok(opened) = opened else { continue };
                 let Ok(reply) = postcard::from_bytes::<ReplyEnvelope>(&opened.payload) else {
                     drops.malformed.fetch_add(1, Ordering::Relaxed);
@@ -397,7 +414,8 @@ impl Replicator {
             let (this, out_tx) = (self.clone(), out_tx.clone());
             tokio::spawn(async move {
                 let body = this.handle(request.body).await;
-                let payload = postcard::to_allocvec(&ReplyEnvelope { id: request.id, body }).expect("replies always serialise");
+                let payload =
+                    postcard::to_allocvec(&ReplyEnvelope { id: request.id, body }).expect("replies always serialise");
                 let frame = this.sealer.seal_to(Purpose::ReplicationReply, &opened.sender, &payload, now_ms());
                 let _ = out_tx.send(frame).await;
             });
@@ -432,17 +450,5 @@ impl Replicator {
                 None => Reply::Error(format!("no map {map}")),
             },
         }
-    }
-
-    pub fn cluster_id(&self) -> &str {
-        &self.cluster_id
-    }
-
-    pub fn key(&self) -> &ClusterKey {
-        &self.key
-    }
-
-    pub fn generation(&self) -> u64 {
-        self.generation
     }
 }

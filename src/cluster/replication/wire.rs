@@ -21,9 +21,16 @@ pub enum Op {
 pub enum Request {
     Apply(Op),
     /// Asks the owner of a one-time ticket to consume it.
-    Consume { map: u8, id: String },
+    Consume {
+        map: u8,
+        id: String,
+    },
     /// A page of a map, in id order, after `after`.
-    Snapshot { map: u8, after: Option<String>, limit: u32 },
+    Snapshot {
+        map: u8,
+        after: Option<String>,
+        limit: u32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,7 +46,10 @@ pub enum Reply {
     Consumed(Option<Vec<u8>>),
     /// This node is not the current owner of the ticket.
     NotOwner,
-    Snapshot { entries: Vec<Entry>, done: bool },
+    Snapshot {
+        entries: Vec<Entry>,
+        done: bool,
+    },
     Error(String),
 }
 

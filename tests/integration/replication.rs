@@ -1,0 +1,313 @@
+//! Replicated ticket maps across real nodes on loopback (real UDP gossip, real sealed TCP links, real HTTP): any
+//! request may land on any node, one-time tickets stay one-time, SSO survives the issuer, logout is everywhere.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use casd::NodeHandle;
+use casd::cluster::membership::MemberStatus;
+use casd::cluster::seal::ClusterKey;
+use casd::config::{ClusterConfig, Config};
+use casd::ticket::{Principal, now_ms};
+
+use crate::support::*;
+
+const APP: &str = "http://127.0.0.1:9/app";
+
+fn clustered(config: &mut Config, name: &str, key: &ClusterKey, seeds: Vec<String>, size: usize) {
+    let loopback = "127.0.0.1:0".parse().expect("addr");
+    let mut c = ClusterConfig::new("casd-repl", loopback, loopback, key);
+    c.seeds = seeds;
+    c.gossip_interval = Duration::from_millis(100);
+    c.expected_size = size;
+    config.node.name = name.into();
+    config.cluster = Some(c);
+}
+
+async fn node(
+    name: &str,
+    key: &ClusterKey,
+    seeds: Vec<String>,
+    size: usize,
+    adjust: impl FnOnce(&mut Config),
+) -> NodeHandle {
+    start(|c| {
+        clustered(c, name, key, seeds, size);
+        adjust(c);
+    })
+    .await
+}
+
+fn ready_view(n: &NodeHandle) -> Vec<String> {
+    let status = n.cluster().expect("clustered").status();
+    let view = status.borrow().view();
+    view.into_values().filter(|m| m.status == MemberStatus::Ready).map(|m| m.node).collect()
+}
+
+/// `size` nodes seeded from the first, all ready in every view.
+async fn cluster_of(size: usize, key: &ClusterKey, adjust: impl Fn(&mut Config)) -> Vec<NodeHandle> {
+    let first = node("n1", key, vec![], size, &adjust).await;
+    let seed = vec![first.cluster().expect("c").gossip_addr().to_string()];
+    let mut nodes = vec![first];
+    for i in 2..=size {
+        nodes.push(node(&format!("n{i}"), key, seed.clone(), size, &adjust).await);
+    }
+    wait_until(Duration::from_secs(10), "every node ready in every view", || async {
+        nodes.iter().all(|n| ready_view(n).len() == size)
+    })
+    .await;
+    nodes
+}
+
+async fn stop_all(nodes: Vec<NodeHandle>) {
+    for n in nodes {
+        n.crash().await;
+    }
+}
+
+fn on(b: &mut Browser, n: &NodeHandle) {
+    b.base = n.base_url();
+}
+
+/// Log in on node 1, validate on node 2, proxy on node 3, log out on node 2: SSO is gone on all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_browser_and_its_applications_may_use_any_node() {
+    let key = ClusterKey::generate();
+    let ca = TestCa::new();
+    let callback = HttpsApp::start(200, &ca).await;
+    let ca_file = ca.pem_file.clone();
+    let nodes = cluster_of(3, &key, move |c| c.proxy.extra_ca_file = Some(ca_file.clone())).await;
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut b = Browser::new(n1);
+    let st = b.login(APP).await;
+    let body = call(n2, "/serviceValidate", &[("service", APP), ("ticket", &st)]).await;
+    assert_eq!(user_of(&body).as_deref(), Some(USER), "validated on another node: {body}");
+    let body = call(n3, "/serviceValidate", &[("service", APP), ("ticket", &st)]).await;
+    assert_eq!(failure_code(&body).as_deref(), Some("INVALID_TICKET"), "once only, cluster-wide: {body}");
+
+    on(&mut b, n3);
+    let st = b.sso(APP).await;
+    assert!(st.contains("-n3"), "issued by node 3 without a password: {st}");
+    let body = call(n1, "/serviceValidate", &[("service", APP), ("ticket", &st), ("pgtUrl", &callback.url)]).await;
+    assert!(body.contains("PGTIOU-"), "{body}");
+    let query = callback.queries().pop().expect("callback");
+    let pgt = url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "pgtId").expect("pgt").1.into_owned();
+    let pt_body = call(n3, "/proxy", &[("pgt", &pgt), ("targetService", "http://127.0.0.1:9/backend")]).await;
+    let pt = pt_body.split("<cas:proxyTicket>").nth(1).and_then(|r| r.split('<').next()).expect("pt").to_owned();
+    let body = call(n2, "/proxyValidate", &[("service", "http://127.0.0.1:9/backend"), ("ticket", &pt)]).await;
+    assert_eq!(user_of(&body).as_deref(), Some(USER), "{body}");
+
+    on(&mut b, n2);
+    let tgc = b.tgc.clone();
+    b.get("/logout").await;
+    for n in [n1, n2, n3] {
+        b.tgc = tgc.clone();
+        on(&mut b, n);
+        let page = b.get(&format!("/login?service={}", enc(APP))).await;
+        assert_eq!(page.status, 200, "no SSO left on {}", n.base_url());
+        assert!(page.body.contains("name=\"password\""));
+    }
+    let body = call(n1, "/proxy", &[("pgt", &pgt), ("targetService", "http://127.0.0.1:9/backend")]).await;
+    assert_eq!(failure_code(&body).as_deref(), Some("INVALID_TICKET"), "the PGT died with the session: {body}");
+    stop_all(nodes).await;
+}
+
+/// 16 simultaneous validations of one ST spread over 3 nodes, 200 rounds: exactly one success each round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_validations_on_three_nodes_succeed_exactly_once() {
+    let key = ClusterKey::generate();
+    let nodes = cluster_of(3, &key, |_| {}).await;
+    let urls: Vec<String> = nodes.iter().map(|n| format!("{}/serviceValidate", n.base_url())).collect();
+    let urls = Arc::new(urls);
+    let mut b = Browser::new(&nodes[0]);
+    b.login(APP).await;
+    let client = http();
+    for round in 0..200 {
+        on(&mut b, &nodes[round % 3]);
+        let st = b.sso(APP).await;
+        let barrier = Arc::new(tokio::sync::Barrier::new(16));
+        let racers: Vec<_> = (0..16)
+            .map(|i| {
+                let (client, urls, st, barrier) = (client.clone(), urls.clone(), st.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let r = client.get(&urls[i % 3]).query(&[("service", APP), ("ticket", &st)]).send().await;
+                    r.expect("request").text().await.expect("body")
+                })
+            })
+            .collect();
+        let mut wins = 0;
+        for racer in racers {
+            let body = racer.await.expect("join");
+            match failure_code(&body) {
+                None => wins += 1,
+                Some(code) => assert_eq!(code, "INVALID_TICKET", "{body}"),
+            }
+        }
+        assert_eq!(wins, 1, "round {round}: {wins} successes for {st}");
+    }
+    stop_all(nodes).await;
+}
+
+/// kill -9 (crash) of the node that issued the TGT: SSO continues on the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sso_survives_the_crash_of_the_issuing_node() {
+    let key = ClusterKey::generate();
+    let mut nodes = cluster_of(3, &key, |_| {}).await;
+    let mut b = Browser::new(&nodes[0]);
+    let st_on_dead = b.login(APP).await;
+    let issuer = nodes.remove(0);
+    issuer.crash().await;
+    on(&mut b, &nodes[0]);
+    let st = b.sso(APP).await;
+    let body = call(&nodes[1], "/p3/serviceValidate", &[("service", APP), ("ticket", &st)]).await;
+    assert_eq!(user_of(&body).as_deref(), Some(USER), "{body}");
+    // The crashed node's own ST cannot be decided by anyone: refused, never accepted.
+    let body = call(&nodes[1], "/serviceValidate", &[("service", APP), ("ticket", &st_on_dead)]).await;
+    assert_eq!(failure_code(&body).as_deref(), Some("INVALID_TICKET"), "{body}");
+    stop_all(nodes).await;
+}
+
+/// A restarted node refuses the tickets of its previous generation, and so does everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_owner_refuses_its_previous_generations_tickets() {
+    let key = ClusterKey::generate();
+    let mut nodes = cluster_of(2, &key, |_| {}).await;
+    let mut b = Browser::new(&nodes[1]);
+    let st = b.login(APP).await;
+    let old = nodes.remove(1);
+    let gossip = old.cluster().expect("c").gossip_addr().to_string();
+    old.crash().await;
+    let seed = vec![nodes[0].cluster().expect("c").gossip_addr().to_string()];
+    let restarted = node("n2", &key, seed, 2, |c| {
+        c.cluster.as_mut().expect("c").gossip_addr = gossip.parse().expect("addr");
+    })
+    .await;
+    assert!(restarted.registry().sizes()[1].1 >= 1, "state transfer brought the old ST back as data");
+    for n in [&nodes[0], &restarted] {
+        let body = call(n, "/serviceValidate", &[("service", APP), ("ticket", &st)]).await;
+        assert_eq!(failure_code(&body).as_deref(), Some("INVALID_TICKET"), "{body}");
+    }
+    nodes.push(restarted);
+    stop_all(nodes).await;
+}
+
+/// Once /logout has answered, no node issues a ticket for that session, not even a moment later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logout_is_everywhere_when_it_returns() {
+    let key = ClusterKey::generate();
+    let nodes = cluster_of(3, &key, |_| {}).await;
+    for round in 0..20 {
+        let mut b = Browser::new(&nodes[round % 3]);
+        let outstanding = b.login(APP).await;
+        let tgc = b.tgc.clone();
+        on(&mut b, &nodes[(round + 1) % 3]);
+        b.get("/logout").await;
+        b.tgc = tgc;
+        on(&mut b, &nodes[(round + 2) % 3]);
+        let page = b.get(&format!("/login?service={}", enc(APP))).await;
+        assert_eq!(page.status, 200, "round {round}: SSO must be gone at once");
+        let body =
+            call(&nodes[(round + 2) % 3], "/serviceValidate", &[("service", APP), ("ticket", &outstanding)]).await;
+        assert_eq!(failure_code(&body).as_deref(), Some("INVALID_TICKET"), "{body}");
+    }
+    stop_all(nodes).await;
+}
+
+/// A node started after 10,000 sessions were created holds all of them when it reports ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_joiner_holds_every_session_before_it_is_ready() {
+    let key = ClusterKey::generate();
+    let first = node("n1", &key, vec![], 2, |_| {}).await;
+    let principal = Principal { id: USER.into(), attributes: BTreeMap::new() };
+    for _ in 0..10_000 {
+        first.registry().issue_tgt(principal.clone(), now_ms()).await.expect("tgt");
+    }
+    let seed = vec![first.cluster().expect("c").gossip_addr().to_string()];
+    let started = std::time::Instant::now();
+    let joiner = node("n2", &key, seed, 2, |_| {}).await;
+    println!("joiner ready with a copy of 10,000 sessions after {:?}", started.elapsed());
+    assert_eq!(joiner.registry().sizes()[0].1, 10_000, "every TGT is there when start returns (ready)");
+    wait_until(Duration::from_secs(5), "the joiner to be published as ready", || async {
+        ready_view(&first).contains(&"n2".to_string())
+    })
+    .await;
+    stop_all(vec![first, joiner]).await;
+}
+
+/// min_copies: a login that could reach fewer copies than required answers 503 and leaves no session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_few_copies_refuse_the_login() {
+    let key = ClusterKey::generate();
+    let lonely = node("n1", &key, vec![], 2, |c| c.cluster.as_mut().expect("c").min_copies = 2).await;
+    let mut b = Browser::new(&lonely);
+    let page = b.login_with(Some(APP), "", USER, PASSWORD).await;
+    assert_eq!(page.status, 503, "{}", page.body);
+    assert!(b.tgc.is_none());
+    assert_eq!(lonely.registry().sizes()[0].1, 0);
+    lonely.crash().await;
+}
+
+/// Single logout goes out once cluster-wide: from the node that handled /logout, and for an expired session from
+/// its owner only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn single_logout_is_sent_once_cluster_wide() {
+    let key = ClusterKey::generate();
+    let app = AppServer::start().await;
+    let nodes = cluster_of(3, &key, |c| {
+        c.tickets.tgt_idle_timeout = Duration::from_millis(800);
+        c.tickets.sweep_interval = Duration::from_millis(100);
+    })
+    .await;
+    let mut b = Browser::new(&nodes[0]);
+    let st = b.login(&app.url).await;
+    on(&mut b, &nodes[1]);
+    b.get("/logout").await;
+    let mut expiring = Browser::new(&nodes[2]);
+    let st_expiring = expiring.login(&app.url).await;
+    wait_until(Duration::from_secs(5), "both logout requests", || async { app.bodies().len() >= 2 }).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // room for any duplicate to arrive
+    let bodies = app.bodies();
+    assert_eq!(bodies.len(), 2, "one per session: {bodies:?}");
+    assert_eq!(bodies.iter().filter(|b| b.contains(&st)).count(), 1);
+    assert_eq!(bodies.iter().filter(|b| b.contains(&st_expiring)).count(), 1);
+    stop_all(nodes).await;
+}
+
+/// Tickets granted at the same moment on three different nodes under one session all reach its service list on
+/// every node: logout (on any node) notifies every service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_grants_on_different_nodes_all_get_single_logout() {
+    let key = ClusterKey::generate();
+    let nodes = cluster_of(3, &key, |_| {}).await;
+    let mut apps = Vec::new();
+    for _ in 0..9 {
+        apps.push(AppServer::start().await);
+    }
+    let mut b = Browser::new(&nodes[0]);
+    b.login(&apps[0].url).await;
+    let tgc = b.tgc.clone().expect("tgc");
+    let grants: Vec<_> = apps
+        .iter()
+        .enumerate()
+        .map(|(i, app)| {
+            let url = format!("{}/login?service={}", nodes[i % 3].base_url(), enc(&app.url));
+            let tgc = tgc.clone();
+            tokio::spawn(async move {
+                let r = http().get(url).header("Cookie", format!("TGC={tgc}")).send().await.expect("sso");
+                assert_eq!(r.status().as_u16(), 302);
+            })
+        })
+        .collect();
+    for g in grants {
+        g.await.expect("join");
+    }
+    on(&mut b, &nodes[2]);
+    b.get("/logout").await;
+    wait_until(Duration::from_secs(5), "a logout request at each of the nine services", || async {
+        apps.iter().all(|a| a.bodies().len() == 1)
+    })
+    .await;
+    stop_all(nodes).await;
+}
