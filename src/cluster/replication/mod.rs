@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use self::wire::{Entry, Op, Reply, ReplyEnvelope, Request, RequestEnvelope, read_frame, write_frame};
+use self::wire::{Entry, Op, Reply, ReplyEnvelope, Request, RequestEnvelope, append_frame, read_frame, write_batch};
 use super::ClusterStatus;
 use super::drops::DropCounters;
 use super::membership::{MemberInfo, MemberStatus};
@@ -27,6 +27,8 @@ use crate::ticket::{Origin, now_ms};
 
 const SNAPSHOT_PAGE: u32 = 2000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Frames queued together are written together, up to this much.
+const BATCH_BYTES: usize = 256 << 10;
 
 /// What replication needs from one map on this node.
 #[async_trait]
@@ -347,14 +349,24 @@ impl Replicator {
                 next = rx.recv() => next,
                 _ = async { let _ = stopped.wait_for(|s| *s).await; } => None,
             };
-            let Some((body, reply_tx)) = next else { break };
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut p) = pending.lock() {
-                p.insert(id, reply_tx);
+            let mut batch = Vec::new();
+            let mut item = next;
+            while let Some((body, reply_tx)) = item {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut p) = pending.lock() {
+                    p.insert(id, reply_tx);
+                }
+                let payload = postcard::to_allocvec(&RequestEnvelope { id, body }).expect("requests always serialise");
+                let frame = self.sealer.seal_to(Purpose::Replication, &node, &payload, now_ms());
+                if append_frame(&mut batch, &frame).is_err() || batch.len() > BATCH_BYTES {
+                    break;
+                }
+                item = rx.try_recv().ok();
             }
-            let payload = postcard::to_allocvec(&RequestEnvelope { id, body }).expect("requests always serialise");
-            let frame = self.sealer.seal_to(Purpose::Replication, &node, &payload, now_ms());
-            if reader_task.is_finished() || write_frame(&mut writer, &frame).await.is_err() {
+            if batch.is_empty() {
+                break;
+            }
+            if reader_task.is_finished() || write_batch(&mut writer, &batch).await.is_err() {
                 break;
             }
         }
@@ -384,7 +396,15 @@ impl Replicator {
         let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(1024);
         let writer_task = tokio::spawn(async move {
             while let Some(frame) = out_rx.recv().await {
-                if write_frame(&mut writer, &frame).await.is_err() {
+                let mut batch = Vec::new();
+                let mut next = Some(frame);
+                while let Some(frame) = next {
+                    if append_frame(&mut batch, &frame).is_err() || batch.len() > BATCH_BYTES {
+                        break;
+                    }
+                    next = out_rx.try_recv().ok();
+                }
+                if write_batch(&mut writer, &batch).await.is_err() {
                     break;
                 }
             }
@@ -411,17 +431,28 @@ impl Replicator {
                 self.drops.malformed.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            let (this, out_tx) = (self.clone(), out_tx.clone());
-            tokio::spawn(async move {
-                let body = this.handle(request.body).await;
-                let payload =
-                    postcard::to_allocvec(&ReplyEnvelope { id: request.id, body }).expect("replies always serialise");
-                let frame = this.sealer.seal_to(Purpose::ReplicationReply, &opened.sender, &payload, now_ms());
-                let _ = out_tx.send(frame).await;
-            });
+            // Writes and snapshot pages are answered in line (no await inside, and in order); a consume may wait on
+            // its own replication, so it runs beside the connection.
+            if matches!(request.body, Request::Consume { .. }) {
+                let (this, out_tx) = (self.clone(), out_tx.clone());
+                tokio::spawn(async move {
+                    let body = this.handle(request.body).await;
+                    let _ = out_tx.send(this.reply_frame(request.id, body, &opened.sender)).await;
+                });
+            } else {
+                let body = self.handle(request.body).await;
+                if out_tx.send(self.reply_frame(request.id, body, &opened.sender)).await.is_err() {
+                    break;
+                }
+            }
         }
         drop(out_tx);
         writer_task.abort();
+    }
+
+    fn reply_frame(&self, id: u64, body: Reply, to: &str) -> Vec<u8> {
+        let payload = postcard::to_allocvec(&ReplyEnvelope { id, body }).expect("replies always serialise");
+        self.sealer.seal_to(Purpose::ReplicationReply, to, &payload, now_ms())
     }
 
     async fn handle(&self, request: Request) -> Reply {

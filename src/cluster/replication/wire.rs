@@ -73,6 +73,22 @@ pub enum FrameError {
     TooLarge(usize),
 }
 
+/// Appends one length-prefixed frame to `batch`, so that frames queued together leave in one write.
+pub fn append_frame(batch: &mut Vec<u8>, frame: &[u8]) -> Result<(), FrameError> {
+    if frame.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(frame.len()));
+    }
+    batch.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+    batch.extend_from_slice(frame);
+    Ok(())
+}
+
+/// Writes a batch of frames; frames queued while one write is in flight go out together in the next.
+pub async fn write_batch<W: AsyncWrite + Unpin>(w: &mut W, batch: &[u8]) -> Result<(), FrameError> {
+    w.write_all(batch).await?;
+    Ok(())
+}
+
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), FrameError> {
     if frame.len() > MAX_FRAME_BYTES {
         return Err(FrameError::TooLarge(frame.len()));

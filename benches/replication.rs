@@ -1,0 +1,343 @@
+//! Replication figures on loopback, each next to a baseline measured in the same run on the same machine:
+//!
+//! 1. a TCP ping-pong (64-byte request, 64-byte answer) for the round trip, 1 and 32 clients;
+//! 2. replicated writes (a TGT creation acknowledged by both peers of a 3-node cluster), 1 and 32 writers;
+//! 3. Redis: a primary with one replica, `SET` + `WAIT 1 0` per write, 32 writers (skipped when no
+//!    `redis-server` is installed; `apt-get install redis-server`);
+//! 4. state transfer of 100,000 tickets to a joiner, and memory per stored TGT with 1,000,000 TGTs.
+//!
+//! `cargo bench --bench replication`. Prints a Markdown table; never run as a test. Env: CASD_BENCH_WRITES
+//! (default 20000), CASD_BENCH_TGTS (default 1000000).
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use casd::cluster::seal::ClusterKey;
+use casd::config::ClusterConfig;
+use casd::ticket::{Principal, now_ms};
+use casd::{Config, Node, NodeHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+struct Stats {
+    ops: usize,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Stats {
+    fn new(mut l: Vec<Duration>, elapsed: Duration) -> Self {
+        l.sort();
+        let at = |q: f64| l[((l.len() as f64 * q) as usize).min(l.len() - 1)];
+        Self { ops: l.len(), elapsed, p50: at(0.5), p99: at(0.99) }
+    }
+
+    fn row(&self, name: &str) {
+        let rate = self.ops as f64 / self.elapsed.as_secs_f64();
+        println!("| {name} | {} | {rate:.0} | {:.1?} | {:.1?} |", self.ops, self.p50, self.p99);
+    }
+}
+
+/// Runs `per_writer` operations on each of `writers` tasks; `op(writer)` makes one operation's future.
+async fn run<F, Fut>(writers: usize, total: usize, op: F) -> Stats
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut l = Vec::with_capacity(total / writers);
+                for _ in 0..total / writers {
+                    let t = Instant::now();
+                    op(w).await;
+                    l.push(t.elapsed());
+                }
+                l
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    Stats::new(all, start.elapsed())
+}
+
+async fn echo_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while s.read_exact(&mut buf).await.is_ok() {
+                    if s.write_all(&buf).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn ping_pong(writers: usize, total: usize) -> Stats {
+    let addr = echo_server().await;
+    let mut conns = Vec::new();
+    for _ in 0..writers {
+        let s = TcpStream::connect(&addr).await.expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        conns.push(Arc::new(tokio::sync::Mutex::new(s)));
+    }
+    let conns = Arc::new(conns);
+    run(writers, total, move |w| {
+        let conns = conns.clone();
+        async move {
+            let mut s = conns[w].lock().await;
+            s.write_all(&[7u8; 64]).await.expect("write");
+            let mut buf = [0u8; 64];
+            s.read_exact(&mut buf).await.expect("read");
+        }
+    })
+    .await
+}
+
+async fn clustered(name: &str, key: &ClusterKey, seeds: Vec<String>) -> NodeHandle {
+    let mut config = Config::embedded();
+    config.http.listen = "127.0.0.1:0".parse().expect("addr");
+    config.node.name = name.into();
+    let loopback = "127.0.0.1:0".parse().expect("addr");
+    let mut c = ClusterConfig::new("casd-bench", loopback, loopback, key);
+    c.seeds = seeds;
+    c.expected_size = 3;
+    c.join_timeout = Duration::from_secs(10);
+    config.cluster = Some(c);
+    Node::start(config).await.expect("node")
+}
+
+fn principal() -> Principal {
+    let attributes = BTreeMap::from([
+        ("mail".to_owned(), vec!["casuser@example.org".to_owned()]),
+        ("memberOf".to_owned(), vec!["staff".to_owned(), "demo".to_owned()]),
+        ("displayName".to_owned(), vec!["CAS Demo User".to_owned()]),
+    ]);
+    Principal { id: "casuser".into(), attributes }
+}
+
+async fn cluster3() -> Vec<NodeHandle> {
+    let key = ClusterKey::generate();
+    let first = clustered("n1", &key, vec![]).await;
+    let seed = vec![first.cluster().expect("c").gossip_addr().to_string()];
+    let mut nodes = vec![first];
+    for name in ["n2", "n3"] {
+        nodes.push(clustered(name, &key, seed.clone()).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while nodes.iter().any(|n| n.replicator().expect("r").peers().len() != 2) {
+        assert!(Instant::now() < deadline, "cluster did not form");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nodes
+}
+
+async fn replicated_writes(node: &NodeHandle, writers: usize, total: usize) -> Stats {
+    let registry = node.registry().clone();
+    let p = principal();
+    run(writers, total, move |_| {
+        let (registry, p) = (registry.clone(), p.clone());
+        async move {
+            registry.issue_tgt(p, now_ms()).await.expect("replicated write");
+        }
+    })
+    .await
+}
+
+struct Redis(Vec<Child>);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start_redis() -> Option<(Redis, u16)> {
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok().map(|a| a.port());
+    let (primary, replica) = (free()?, free()?);
+    let spawn = |port: u16, extra: &[String]| {
+        let mut args = vec![
+            "--port".to_owned(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+        ];
+        args.extend_from_slice(extra);
+        Command::new("redis-server").args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()
+    };
+    let p = spawn(primary, &[])?;
+    let r = spawn(replica, &["--replicaof".into(), "127.0.0.1".into(), primary.to_string()]);
+    let guard = Redis(vec![p].into_iter().chain(r).collect());
+    (guard.0.len() == 2).then_some((guard, primary))
+}
+
+async fn resp(conn: &mut BufReader<TcpStream>, parts: &[&str]) -> String {
+    let mut cmd = format!("*{}\r\n", parts.len());
+    for p in parts {
+        cmd.push_str(&format!("${}\r\n{p}\r\n", p.len()));
+    }
+    conn.get_mut().write_all(cmd.as_bytes()).await.expect("write");
+    let mut line = Vec::new();
+    loop {
+        let b = conn.read_u8().await.expect("read");
+        line.push(b);
+        if line.ends_with(b"\r\n") {
+            return String::from_utf8_lossy(&line).trim_end().to_owned();
+        }
+    }
+}
+
+async fn redis_writes(port: u16, writers: usize, total: usize) -> Option<Stats> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut probe = loop {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)).await {
+            break BufReader::new(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Wait until the replica is attached, so WAIT 1 has someone to wait for.
+    while resp(&mut probe, &["WAIT", "1", "100"]).await != ":1" {
+        resp(&mut probe, &["SET", "probe", "1"]).await;
+        if Instant::now() > deadline {
+            return None;
+        }
+    }
+    let mut conns = Vec::new();
+    for _ in 0..writers {
+        let s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        s.set_nodelay(true).ok()?;
+        conns.push(Arc::new(tokio::sync::Mutex::new(BufReader::new(s))));
+    }
+    let conns = Arc::new(conns);
+    let value = "x".repeat(300); // about the size of a serialised TGT
+    Some(
+        run(writers, total, move |w| {
+            let (conns, value) = (conns.clone(), value.clone());
+            async move {
+                let mut c = conns[w].lock().await;
+                let key = format!("TGT-{}", rand_key());
+                assert_eq!(resp(&mut c, &["SET", &key, &value]).await, "+OK");
+                assert_eq!(resp(&mut c, &["WAIT", "1", "0"]).await, ":1");
+            }
+        })
+        .await,
+    )
+}
+
+fn rand_key() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish()
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let writes = env_usize("CASD_BENCH_WRITES", 20_000);
+        println!("\n## casd replication on loopback ({} cores)\n", std::thread::available_parallelism().map_or(1, |n| n.get()));
+        println!("| operation | ops | ops/s | p50 | p99 |");
+        println!("|---|---:|---:|---:|---:|");
+        let pp1 = ping_pong(1, writes / 4).await;
+        pp1.row("TCP ping-pong, 1 client");
+        let pp32 = ping_pong(32, writes).await;
+        pp32.row("TCP ping-pong, 32 clients");
+
+        let nodes = cluster3().await;
+        let w1 = replicated_writes(&nodes[0], 1, writes / 4).await;
+        w1.row("replicated TGT write (2 acks), 1 writer");
+        let w32 = replicated_writes(&nodes[0], 32, writes).await;
+        w32.row("replicated TGT write (2 acks), 32 writers");
+        let redis = match start_redis() {
+            Some((guard, port)) => {
+                let s = redis_writes(port, 32, writes).await;
+                drop(guard);
+                s
+            }
+            None => None,
+        };
+        match &redis {
+            Some(s) => s.row("Redis SET + WAIT 1 0 (1 replica), 32 writers"),
+            None => println!("| Redis SET + WAIT 1 0 | not measured: redis-server not installed | | | |"),
+        }
+        println!();
+        println!("single replicated write p50 / ping-pong p50: {:.2}x (target <= 2x)", w1.p50.as_secs_f64() / pp1.p50.as_secs_f64());
+        if let Some(r) = &redis {
+            println!(
+                "32-writer throughput casd / Redis: {:.2}x (target >= 1x)",
+                (w32.ops as f64 / w32.elapsed.as_secs_f64()) / (r.ops as f64 / r.elapsed.as_secs_f64())
+            );
+        }
+        for n in nodes {
+            n.crash().await;
+        }
+
+        // State transfer of 100,000 tickets.
+        let key = ClusterKey::generate();
+        let first = clustered("t1", &key, vec![]).await;
+        for _ in 0..100_000 {
+            first.registry().issue_tgt(principal(), now_ms()).await.expect("tgt");
+        }
+        let seed = vec![first.cluster().expect("c").gossip_addr().to_string()];
+        let t = Instant::now();
+        let joiner = clustered("t2", &key, seed).await;
+        let took = t.elapsed();
+        assert_eq!(joiner.registry().sizes()[0].1, 100_000);
+        println!("state transfer: a joiner started and held 100,000 TGTs after {took:.2?} (target < 2 s; includes gossip discovery)");
+        joiner.crash().await;
+        first.crash().await;
+
+        // Memory per TGT.
+        let count = env_usize("CASD_BENCH_TGTS", 1_000_000);
+        let key = ClusterKey::generate();
+        let lone = clustered("m1", &key, vec![]).await;
+        let before = rss_bytes();
+        for _ in 0..count {
+            lone.registry().issue_tgt(principal(), now_ms()).await.expect("tgt");
+        }
+        let after = rss_bytes();
+        println!(
+            "memory: {count} TGTs (3 attributes each, replicated map) grew RSS by {:.0} MiB = {} bytes per TGT (target < 1024)",
+            (after - before) as f64 / (1 << 20) as f64,
+            (after - before) / count as u64
+        );
+        lone.crash().await;
+    });
+}
