@@ -40,14 +40,15 @@ impl Maps {
             min_copies,
             tombstone_ttl: lifetime + margin,
         };
+        let replicas: Arc<dyn crate::cluster::replication::Replicas> = Arc::new(replicator.clone());
         let tgt = Arc::new(ReplicatedMap::<Tgt>::new(
             policy(0, false, min_copies, expiry.tgt_max_lifetime),
-            replicator.clone(),
+            replicas.clone(),
         ));
-        let st = Arc::new(ReplicatedMap::<ServiceTicket>::new(policy(1, true, 1, expiry.st_ttl), replicator.clone()));
-        let pt = Arc::new(ReplicatedMap::<ServiceTicket>::new(policy(2, true, 1, expiry.pt_ttl), replicator.clone()));
-        let pgt = Arc::new(ReplicatedMap::<Pgt>::new(policy(3, false, 1, expiry.tgt_max_lifetime), replicator.clone()));
-        let lt = Arc::new(ReplicatedMap::<LoginTicket>::new(policy(4, true, 1, expiry.lt_ttl), replicator.clone()));
+        let st = Arc::new(ReplicatedMap::<ServiceTicket>::new(policy(1, true, 1, expiry.st_ttl), replicas.clone()));
+        let pt = Arc::new(ReplicatedMap::<ServiceTicket>::new(policy(2, true, 1, expiry.pt_ttl), replicas.clone()));
+        let pgt = Arc::new(ReplicatedMap::<Pgt>::new(policy(3, false, 1, expiry.tgt_max_lifetime), replicas.clone()));
+        let lt = Arc::new(ReplicatedMap::<LoginTicket>::new(policy(4, true, 1, expiry.lt_ttl), replicas));
         replicator.register_maps(vec![tgt.clone(), st.clone(), pt.clone(), pgt.clone(), lt.clone()]);
         Self { tgt, st, pt, pgt, lt }
     }

@@ -18,7 +18,7 @@ use dashmap::mapref::entry::Entry as MapEntry;
 
 use super::map::{MapError, TicketMap};
 use crate::cluster::replication::wire::{Entry, Op, Reply};
-use crate::cluster::replication::{MapReplica, Owner, Replicator};
+use crate::cluster::replication::{MapReplica, Owner, Replicas};
 use crate::ticket::{EpochMs, ExpiryPolicy, Ticket, TicketId, now_ms};
 
 enum Slot<V> {
@@ -42,11 +42,11 @@ pub struct MapPolicy {
 pub struct ReplicatedMap<V> {
     policy: MapPolicy,
     slots: DashMap<TicketId, Slot<V>>,
-    replicator: Arc<Replicator>,
+    replicator: Arc<dyn Replicas>,
 }
 
 impl<V: Ticket> ReplicatedMap<V> {
-    pub fn new(policy: MapPolicy, replicator: Arc<Replicator>) -> Self {
+    pub fn new(policy: MapPolicy, replicator: Arc<dyn Replicas>) -> Self {
         Self { policy, slots: DashMap::new(), replicator }
     }
 

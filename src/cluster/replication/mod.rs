@@ -41,6 +41,33 @@ pub trait MapReplica: Send + Sync {
     fn snapshot(&self, after: Option<&str>, limit: usize) -> (Vec<Entry>, bool);
 }
 
+/// What a replicated map needs from the cluster: implemented by [`Replicator`] over real links, and by the
+/// simulation tests over an in-memory world they control.
+#[async_trait]
+pub trait Replicas: Send + Sync {
+    /// Applies `op` on every reachable peer and returns the number of copies, this node's included.
+    async fn replicate(&self, op: Op) -> usize;
+    /// Who decides about a ticket from `origin`.
+    fn owner(&self, origin: &Origin) -> Owner;
+    /// Asks `owner` to consume a one-time ticket.
+    async fn forward_consume(&self, owner: &MemberInfo, map: u8, id: &str) -> Result<Option<Vec<u8>>, ReplicaError>;
+}
+
+#[async_trait]
+impl Replicas for Arc<Replicator> {
+    async fn replicate(&self, op: Op) -> usize {
+        Replicator::replicate(self, op).await
+    }
+
+    fn owner(&self, origin: &Origin) -> Owner {
+        Replicator::owner(self, origin)
+    }
+
+    async fn forward_consume(&self, owner: &MemberInfo, map: u8, id: &str) -> Result<Option<Vec<u8>>, ReplicaError> {
+        Replicator::forward_consume(self, owner, map, id).await
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReplicaError {
     #[error("{node} did not answer in time")]
