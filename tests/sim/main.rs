@@ -26,6 +26,7 @@ const NODES: usize = 3;
 const STEPS: usize = 250;
 const SEEDS: u64 = 300;
 
+#[derive(Clone)]
 struct NodeMaps {
     tgt: Arc<ReplicatedMap<Tgt>>,
     st: Arc<ReplicatedMap<ServiceTicket>>,
@@ -156,26 +157,21 @@ fn pull(from: &dyn MapReplica, into: &dyn MapReplica, index: u8) {
 
 /// Anti-entropy among the live nodes of each side: every node pulls every other node's maps.
 fn anti_entropy(world: &Arc<Mutex<World>>) {
-    let pairs: Vec<(
-        Arc<ReplicatedMap<Tgt>>,
-        Arc<ReplicatedMap<Tgt>>,
-        Arc<ReplicatedMap<ServiceTicket>>,
-        Arc<ReplicatedMap<ServiceTicket>>,
-    )> = {
+    let pairs: Vec<(NodeMaps, NodeMaps)> = {
         let w = world.lock().expect("world");
         let mut pairs = Vec::new();
         for i in 0..w.nodes.len() {
             for j in w.reachable(i) {
                 if let (Some(a), Some(b)) = (&w.nodes[i].maps, &w.nodes[j].maps) {
-                    pairs.push((a.tgt.clone(), b.tgt.clone(), a.st.clone(), b.st.clone()));
+                    pairs.push((a.clone(), b.clone()));
                 }
             }
         }
         pairs
     };
-    for (from_tgt, into_tgt, from_st, into_st) in pairs {
-        pull(&*from_tgt, &*into_tgt, 0);
-        pull(&*from_st, &*into_st, 1);
+    for (from, into) in pairs {
+        pull(&*from.tgt, &*into.tgt, 0);
+        pull(&*from.st, &*into.st, 1);
     }
 }
 
