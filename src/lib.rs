@@ -7,6 +7,7 @@
 //!   ticket kind. The seam where replicated maps plug in.
 //! - [`cas`]: the HTTP endpoints of CAS 1.0/2.0/3.0 and SAML 1.1, pages, services, single logout, proxy callbacks.
 //! - [`auth`]: the authenticator (users file with argon2id hashes) and login throttling.
+//! - [`cluster`]: gossip membership, multicast discovery, sealing, and replication links between nodes.
 //! - [`node`]: [`Node::start`] wires it all and returns a [`NodeHandle`].
 //!
 //! `cas` knows tickets and the registry, never the network between nodes.

@@ -143,7 +143,7 @@ mod tests {
         let users = UsersFile::new(vec![record]);
         let p = users.authenticate("alice", "s3cret").await.expect("login");
         assert_eq!(p.id, "alice");
-        assert_eq!(p.attributes["mail"], vec!["a@example.org".to_string()]);
+        assert_eq!(p.attributes.get("mail"), Some(&vec!["a@example.org".to_string()]));
         assert_eq!(users.authenticate("alice", "wrong").await, Err(AuthError::InvalidCredentials));
         assert_eq!(users.authenticate("bob", "s3cret").await, Err(AuthError::InvalidCredentials));
     }

@@ -129,7 +129,7 @@ pub fn success(
         "<saml1:Subject><saml1:NameIdentifier>{user}</saml1:NameIdentifier><saml1:SubjectConfirmation><saml1:ConfirmationMethod>urn:oasis:names:tc:SAML:1.0:cm:artifact</saml1:ConfirmationMethod></saml1:SubjectConfirmation></saml1:Subject>"
     );
     let mut attributes = String::new();
-    for (name, values) in &principal.attributes {
+    for (name, values) in principal.attributes.iter() {
         attributes.push_str(&format!(
             "<saml1:Attribute AttributeName=\"{}\" AttributeNamespace=\"http://www.ja-sig.org/products/cas/\">",
             xml_escape(name)

@@ -1,8 +1,7 @@
 //! The cluster layer: membership and failure detection by chitchat gossip (seeded from config, found by multicast
-//! on a LAN), every byte sealed under the cluster key. Knows bytes, members and addresses, never CAS.
-//!
-//! Replicated ticket maps (state transfer, synchronous writes, anti-entropy) build on this view; they are not here
-//! yet, so a node publishes `ready` as soon as it has joined.
+//! on a LAN), and replication over TCP links (`replication`), every byte sealed under the cluster key. Knows bytes,
+//! members and addresses, never CAS. A node publishes `joining` until `Node::start` has copied the maps from a
+//! ready peer, then `ready`.
 
 pub mod discovery;
 pub mod drops;

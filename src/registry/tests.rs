@@ -1,4 +1,3 @@
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::*;
@@ -8,7 +7,7 @@ fn registry() -> TicketRegistry {
 }
 
 fn alice() -> Principal {
-    Principal { id: "alice".into(), attributes: BTreeMap::new() }
+    Principal { id: "alice".into(), attributes: Default::default() }
 }
 
 #[tokio::test]

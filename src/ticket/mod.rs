@@ -7,5 +7,6 @@ pub mod kinds;
 pub use expiry::{ExpiryPolicy, now_ms};
 pub use id::{IdGenerator, Origin, TicketId, TicketIdError, TicketKind, redact};
 pub use kinds::{
-    EpochMs, Grant, LoginTicket, MAX_SERVICES_PER_TGT, Pgt, Principal, ServiceTicket, Tgt, TgtChange, Ticket,
+    Attributes, EpochMs, Grant, LoginTicket, MAX_SERVICES_PER_TGT, Pgt, Principal, ServiceTicket, Tgt, TgtChange,
+    Ticket,
 };

@@ -1,7 +1,6 @@
 //! Replicated ticket maps across real nodes on loopback (real UDP gossip, real sealed TCP links, real HTTP): any
 //! request may land on any node, one-time tickets stay one-time, SSO survives the issuer, logout is everywhere.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -220,7 +219,7 @@ async fn logout_is_everywhere_when_it_returns() {
 async fn a_joiner_holds_every_session_before_it_is_ready() {
     let key = ClusterKey::generate();
     let first = node("n1", &key, vec![], 2, |_| {}).await;
-    let principal = Principal { id: USER.into(), attributes: BTreeMap::new() };
+    let principal = Principal { id: USER.into(), attributes: Default::default() };
     for _ in 0..10_000 {
         first.registry().issue_tgt(principal.clone(), now_ms()).await.expect("tgt");
     }

@@ -199,7 +199,7 @@ async fn run(seed: u64) -> Result<(), String> {
         boot(&world, i);
     }
     let mut h = History::default();
-    let principal = Principal { id: "alice".into(), attributes: BTreeMap::new() };
+    let principal = Principal { id: "alice".into(), attributes: Default::default() };
     let node_maps = |i: usize| {
         let w = world.lock().expect("world");
         w.nodes[i].maps.as_ref().map(|m| (m.tgt.clone(), m.st.clone(), w.nodes[i].name.clone(), w.nodes[i].generation))

@@ -25,7 +25,9 @@ use super::membership::{MemberInfo, MemberStatus};
 use super::seal::{ClusterKey, Opener, Purpose, Sealer};
 use crate::ticket::{Origin, now_ms};
 
-const SNAPSHOT_PAGE: u32 = 2000;
+/// Entries per snapshot page: large pages keep a transfer to few round trips, and a page stays far under
+/// `MAX_FRAME_BYTES` (a TGT is a few hundred bytes).
+const SNAPSHOT_PAGE: u32 = 10_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Frames queued together are written together, up to this much.
 const BATCH_BYTES: usize = 256 << 10;
