@@ -142,12 +142,16 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
         Ok(true)
     }
 
+    /// An expired ticket becomes a tombstone rather than vanishing: a peer that has not swept yet could otherwise
+    /// hand it back through anti-entropy, and its expiry would be "found" (and single logout sent) twice.
     async fn sweep(&self, policy: &ExpiryPolicy, now: EpochMs) -> Vec<(TicketId, Arc<V>)> {
         let mut expired = Vec::new();
+        let gc_after = now + self.policy.tombstone_ttl.as_millis() as u64;
         self.slots.retain(|id, slot| match slot {
             Slot::Live(v) if v.is_expired(policy, now) => {
                 expired.push((id.clone(), v.clone()));
-                false
+                *slot = Slot::Removed { gc_after };
+                true
             }
             Slot::Removed { gc_after } => *gc_after > now,
             Slot::Live(_) => true,
@@ -229,5 +233,78 @@ impl<V: Ticket> MapReplica for ReplicatedMap<V> {
             })
             .collect();
         (entries, done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::membership::MemberInfo;
+    use crate::cluster::replication::ReplicaError;
+    use crate::ticket::{IdGenerator, Origin, Principal, Tgt, TicketKind};
+
+    /// A cluster of one: every write has one copy, every ticket is this node's.
+    struct Alone;
+
+    #[async_trait]
+    impl Replicas for Alone {
+        async fn replicate(&self, _op: Op) -> usize {
+            1
+        }
+
+        fn owner(&self, _origin: &Origin) -> Owner {
+            Owner::Me
+        }
+
+        async fn forward_consume(
+            &self,
+            owner: &MemberInfo,
+            _map: u8,
+            _id: &str,
+        ) -> Result<Option<Vec<u8>>, ReplicaError> {
+            Err(ReplicaError::LinkDown { node: owner.node.clone() })
+        }
+    }
+
+    fn map() -> ReplicatedMap<Tgt> {
+        let policy =
+            MapPolicy { index: 0, owner_consumes: false, min_copies: 1, tombstone_ttl: Duration::from_secs(60) };
+        ReplicatedMap::new(policy, Arc::new(Alone))
+    }
+
+    fn tgt(created: EpochMs) -> Tgt {
+        Tgt {
+            principal: Principal { id: "a".into(), attributes: Default::default() },
+            created,
+            last_used: created,
+            services: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expired_ticket_handed_back_by_a_peer_stays_expired() {
+        let m = map();
+        let id = IdGenerator::new("n", 1).mint(TicketKind::Tgt);
+        m.insert(&id, tgt(0)).await.expect("insert");
+        let expiry = ExpiryPolicy::default();
+        let late = expiry.tgt_max_lifetime.as_millis() as u64 + 1;
+        assert_eq!(m.sweep(&expiry, late).await.len(), 1, "found expired once");
+        m.apply(&Op::Put { map: 0, id: id.to_string(), value: postcard::to_allocvec(&tgt(0)).expect("ser") });
+        assert!(m.get(&id).await.is_none(), "a stale copy from a peer does not bring it back");
+        assert!(m.sweep(&expiry, late + 1).await.is_empty(), "and it is not found expired a second time");
+    }
+
+    #[tokio::test]
+    async fn removal_wins_over_any_copy_in_any_order() {
+        let (a, b) = (map(), map());
+        let id = IdGenerator::new("n", 1).mint(TicketKind::Tgt);
+        let put = Op::Put { map: 0, id: id.to_string(), value: postcard::to_allocvec(&tgt(5)).expect("ser") };
+        let remove = Op::Remove { map: 0, id: id.to_string(), gc_after: u64::MAX };
+        a.apply(&put);
+        a.apply(&remove);
+        b.apply(&remove);
+        b.apply(&put);
+        assert!(a.get(&id).await.is_none() && b.get(&id).await.is_none());
+        assert_eq!(a.snapshot(None, 10).0, b.snapshot(None, 10).0);
     }
 }
