@@ -420,24 +420,14 @@ impl Replicator {
         }
     }
 
+    /// Answers one peer's requests. Writes and snapshot pages are answered in line, in order, and their replies
+    /// leave together once no further request is already buffered (no task hop, one write per burst). A consume
+    /// may wait on its own replication, so it runs beside the connection and writes its reply itself.
     async fn serve_connection(self: Arc<Self>, stream: TcpStream, from: SocketAddr) {
-        let (mut reader, mut writer) = stream.into_split();
-        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(1024);
-        let writer_task = tokio::spawn(async move {
-            while let Some(frame) = out_rx.recv().await {
-                let mut batch = Vec::new();
-                let mut next = Some(frame);
-                while let Some(frame) = next {
-                    if append_frame(&mut batch, &frame).is_err() || batch.len() > BATCH_BYTES {
-                        break;
-                    }
-                    next = out_rx.try_recv().ok();
-                }
-                if write_batch(&mut writer, &batch).await.is_err() {
-                    break;
-                }
-            }
-        });
+        let (reader, writer) = stream.into_split();
+        let mut reader = tokio::io::BufReader::with_capacity(64 << 10, reader);
+        let writer = Arc::new(tokio::sync::Mutex::new(writer));
+        let mut replies = Vec::new();
         let mut stopped = self.stopped.clone();
         loop {
             let frame = tokio::select! {
@@ -460,23 +450,28 @@ impl Replicator {
                 self.drops.malformed.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
-            // Writes and snapshot pages are answered in line (no await inside, and in order); a consume may wait on
-            // its own replication, so it runs beside the connection.
             if matches!(request.body, Request::Consume { .. }) {
-                let (this, out_tx) = (self.clone(), out_tx.clone());
+                let (this, writer) = (self.clone(), writer.clone());
                 tokio::spawn(async move {
                     let body = this.handle(request.body).await;
-                    let _ = out_tx.send(this.reply_frame(request.id, body, &opened.sender)).await;
+                    let mut batch = Vec::new();
+                    if append_frame(&mut batch, &this.reply_frame(request.id, body, &opened.sender)).is_ok() {
+                        let _ = write_batch(&mut *writer.lock().await, &batch).await;
+                    }
                 });
-            } else {
-                let body = self.handle(request.body).await;
-                if out_tx.send(self.reply_frame(request.id, body, &opened.sender)).await.is_err() {
+                continue;
+            }
+            let body = self.handle(request.body).await;
+            if append_frame(&mut replies, &self.reply_frame(request.id, body, &opened.sender)).is_err() {
+                break;
+            }
+            if reader.buffer().is_empty() || replies.len() > BATCH_BYTES {
+                if write_batch(&mut *writer.lock().await, &replies).await.is_err() {
                     break;
                 }
+                replies.clear();
             }
         }
-        drop(out_tx);
-        writer_task.abort();
     }
 
     fn reply_frame(&self, id: u64, body: Reply, to: &str) -> Vec<u8> {
