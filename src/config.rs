@@ -55,6 +55,25 @@ pub struct Config {
     /// Absent: a single node with no peers.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// Logging. Ticket ids are always logged redacted (prefix and a short hash); cookies, passwords and keys never.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 /// Membership and discovery of a cluster of casd nodes.

@@ -67,15 +67,16 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,casd=info".into()),
-        )
-        .init();
     let config = match &path {
         Some(p) => Config::load(p)?,
         None => Config::embedded(),
     };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,casd=info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        casd::config::LogFormat::Human => logs.init(),
+        casd::config::LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     if config.is_demo {
         tracing::warn!(
             "RUNNING THE EMBEDDED DEMO CONFIGURATION: plain http, demo user casuser/Mellon, any localhost service. \

@@ -94,6 +94,9 @@ impl Node {
         };
         let mut app = build_app(&config, generation, maps)?;
         app.cluster = cluster.as_ref().map(ClusterHandle::status);
+        if let Some(r) = replicator.clone() {
+            app.replication = Some(Box::new(move || r.counts()));
+        }
         let app = Arc::new(app);
 
         let router = cas::router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -210,6 +213,8 @@ fn build_app(config: &Config, generation: u64, maps: Maps) -> Result<App, StartE
         pgt_callback: PgtCallback::new(config.proxy.callback_timeout, config.proxy.extra_ca_file.as_deref())?,
         cas2_attributes: config.protocol.cas2_attributes,
         cluster: None,
+        replication: None,
+        metrics: Default::default(),
     })
 }
 

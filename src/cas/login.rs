@@ -15,7 +15,8 @@ use super::params::{Params, Query};
 use super::services::with_query_param;
 use super::{AppState, found};
 use crate::registry::RegistryError;
-use crate::ticket::{TicketId, now_ms};
+use crate::ticket::{TicketId, TicketKind, now_ms};
+use std::sync::atomic::Ordering;
 
 /// What `GET /login` must do, decided from the facts of the request alone.
 #[derive(Debug, PartialEq, Eq)]
@@ -99,7 +100,10 @@ pub async fn form(State(app): State<AppState>, headers: HeaderMap, Query(p): Que
     match (decide(facts), service, tgt) {
         (LoginStep::UnknownService, Some(s), _) => unknown_service(&app, s),
         (LoginStep::GrantTicket, Some(s), Some(tgt)) => match app.registry.grant_st(&tgt, s, false, now).await {
-            Ok(st) => send_ticket(&app, s, &st, method),
+            Ok(st) => {
+                app.metrics.issued(TicketKind::St);
+                send_ticket(&app, s, &st, method)
+            }
             Err(e) => {
                 tracing::info!(error = %e, "sso grant failed; asking for credentials");
                 show_form(&app, StatusCode::OK, &p, None, "").await
@@ -145,6 +149,7 @@ pub async fn submit(
     }
     if let Err(t) = app.throttle.check(&username, addr.ip(), now) {
         tracing::warn!(retry_after_s = t.retry_after.as_secs(), "login throttled");
+        app.metrics.logins_throttled.fetch_add(1, Ordering::Relaxed);
         let msg = format!(
             "Too many failed attempts for this account. It is locked for {} more seconds.",
             t.retry_after.as_secs().max(1)
@@ -157,6 +162,7 @@ pub async fn submit(
         Err(e) => {
             tracing::info!(error = %e, "login failed");
             app.throttle.record_failure(&username, addr.ip(), now);
+            app.metrics.logins_failed.fetch_add(1, Ordering::Relaxed);
             let msg = "The username or password you entered is incorrect.";
             return show_form(&app, StatusCode::UNAUTHORIZED, &p, Some(msg), &username).await;
         }
@@ -167,10 +173,15 @@ pub async fn submit(
         Err(e) => return unavailable(&app, &e),
     };
     tracing::info!(tgt = %tgt.redacted(), "login succeeded");
+    app.metrics.logins_ok.fetch_add(1, Ordering::Relaxed);
+    app.metrics.issued(TicketKind::Tgt);
     let cookie = app.cookie.set(tgt.as_str());
     let mut response = match service {
         Some(s) => match app.registry.grant_st(&tgt, s, true, now).await {
-            Ok(st) => send_ticket(&app, s, &st, ResponseMethod::parse(&p)),
+            Ok(st) => {
+                app.metrics.issued(TicketKind::St);
+                send_ticket(&app, s, &st, ResponseMethod::parse(&p))
+            }
             Err(e) => unavailable(&app, &e),
         },
         None => app.pages.message(
@@ -189,7 +200,10 @@ pub async fn submit(
 
 async fn show_form(app: &AppState, status: StatusCode, p: &Params, error: Option<&str>, username: &str) -> Response {
     let lt = match app.registry.issue_lt(now_ms()).await {
-        Ok(lt) => lt,
+        Ok(lt) => {
+            app.metrics.issued(TicketKind::Lt);
+            lt
+        }
         Err(e) => return unavailable(app, &e),
     };
     let service = p.get("service");

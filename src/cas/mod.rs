@@ -6,6 +6,7 @@ pub mod cookie;
 pub mod error;
 pub mod login;
 mod logout;
+pub mod metrics;
 pub mod pages;
 pub mod params;
 pub mod pgt_callback;
@@ -39,6 +40,9 @@ pub struct App {
     pub cas2_attributes: bool,
     /// The cluster as this node sees it; `None` for a single node.
     pub cluster: Option<tokio::sync::watch::Receiver<crate::cluster::ClusterStatus>>,
+    /// Replication counters, read at scrape time; `None` for a single node.
+    pub replication: Option<Box<dyn Fn() -> crate::cluster::replication::ReplicationCounts + Send + Sync>>,
+    pub metrics: metrics::Metrics,
 }
 
 pub type AppState = Arc<App>;

@@ -15,8 +15,14 @@ use crate::ticket::now_ms;
 #[tracing::instrument(skip_all)]
 pub async fn proxy(State(app): State<AppState>, Query(p): Query) -> Response {
     let body = match grant(&app, p.get("pgt"), p.get("targetService")).await {
-        Ok(pt) => render::proxy_success(&pt),
-        Err(f) => render::proxy_failure(&f),
+        Ok(pt) => {
+            app.metrics.issued(crate::ticket::TicketKind::Pt);
+            render::proxy_success(&pt)
+        }
+        Err(f) => {
+            app.metrics.rejected(f.code);
+            render::proxy_failure(&f)
+        }
     };
     (StatusCode::OK, [(CONTENT_TYPE, "application/xml; charset=UTF-8")], body).into_response()
 }

@@ -6,7 +6,7 @@ use axum::http::header::{CACHE_CONTROL, EXPIRES, PRAGMA};
 use axum::response::{Redirect, Response};
 use axum::routing::{get, post};
 
-use super::{AppState, cluster_status, login, logout, proxy, saml, validate};
+use super::{AppState, cluster_status, login, logout, metrics, proxy, saml, validate};
 
 pub fn router(app: AppState) -> Router {
     let base = app.base_path.clone();
@@ -23,6 +23,9 @@ pub fn router(app: AppState) -> Router {
         .route("/samlValidate", post(saml::validate))
         .route("/cluster", get(cluster_status::json))
         .route("/cluster.html", get(cluster_status::html))
+        .route("/metrics", get(metrics::metrics))
+        .route("/health", get(metrics::health))
+        .route("/ready", get(metrics::ready))
         .layer(axum::middleware::map_response(no_store))
         .with_state(app);
     let login_path = format!("{base}/login");

@@ -43,7 +43,10 @@ enum Format {
 pub async fn v1(State(app): State<AppState>, Query(p): Query) -> Response {
     let body = match validate(&app, &p, Endpoint::V1).await {
         Ok(s) => render::v1_success(&s.user),
-        Err(_) => render::v1_failure().to_owned(),
+        Err(f) => {
+            app.metrics.rejected(f.code);
+            render::v1_failure().to_owned()
+        }
     };
     (StatusCode::OK, [(CONTENT_TYPE, "text/plain; charset=UTF-8")], body).into_response()
 }
@@ -70,10 +73,14 @@ async fn respond(app: &AppState, p: &Params, endpoint: Endpoint) -> Response {
         Some("JSON") => Format::Json,
         Some(_) => {
             let f = CasFailure::new(CasCode::InvalidRequest, "Unsupported format; use XML or JSON");
+            app.metrics.rejected(f.code);
             return xml(render::xml_failure(&f));
         }
     };
     let outcome = validate(app, p, endpoint).await;
+    if let Err(f) = &outcome {
+        app.metrics.rejected(f.code);
+    }
     match (format, outcome) {
         (Format::Xml, Ok(s)) => xml(render::xml_success(&s)),
         (Format::Xml, Err(f)) => xml(render::xml_failure(&f)),
@@ -138,6 +145,8 @@ async fn validate(app: &AppState, p: &Params, endpoint: Endpoint) -> Result<Succ
             let proxies = std::iter::once(pgt_url.to_owned()).chain(st.proxies.iter().cloned()).collect();
             let pgt = Pgt { tgt: st.tgt.clone(), proxies, created: now };
             app.registry.store_pgt(&pgt_id, pgt).await.map_err(|e| CasFailure::from_registry(&e, ticket))?;
+            app.metrics.issued(TicketKind::Pgt);
+            app.metrics.issued(TicketKind::PgtIou);
             Some(iou.to_string())
         }
         None => None,
@@ -167,5 +176,6 @@ async fn validate(app: &AppState, p: &Params, endpoint: Endpoint) -> Result<Succ
         attrs
     });
     let proxies = if kind == TicketKind::Pt { st.proxies.clone() } else { Vec::new() };
+    app.metrics.validated(kind);
     Ok(Success { user: tgt.principal.id.clone(), attributes, pgt_iou, proxies })
 }

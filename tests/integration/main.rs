@@ -6,6 +6,7 @@ mod concurrency;
 mod interop;
 mod login;
 mod logout;
+mod ops;
 mod proxy;
 mod replication;
 mod saml;
