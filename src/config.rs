@@ -255,6 +255,20 @@ pub struct HttpConfig {
     /// Serve and accept plain http. Only for development: it also drops `Secure` from the TGC cookie.
     #[serde(default)]
     pub allow_plain_http: bool,
+    /// Serve plain http behind a proxy that terminates TLS; cookies stay `Secure`.
+    #[serde(default)]
+    pub tls_terminated_upstream: bool,
+    /// Terminate TLS in casd.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// Certificate chain and private key (PEM), read at start and again on SIGHUP.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -437,6 +451,10 @@ impl Config {
             };
             relative(&mut config.auth.users_file);
             relative(&mut config.proxy.extra_ca_file);
+            if let Some(tls) = config.http.tls.as_mut() {
+                tls.cert_file = dir.join(&tls.cert_file);
+                tls.key_file = dir.join(&tls.key_file);
+            }
             if let Some(cluster) = config.cluster.as_mut() {
                 relative(&mut cluster.key_file);
             }
@@ -488,6 +506,15 @@ impl Config {
                 "http.base_path",
                 base,
                 "must start with '/' and not end with '/', e.g. \"/cas\"",
+            ));
+        }
+        let modes = [self.http.tls.is_some(), self.http.allow_plain_http, self.http.tls_terminated_upstream];
+        if modes.iter().filter(|m| **m).count() != 1 {
+            return Err(self.invalid(
+                "http.tls",
+                if self.http.tls.is_some() { "set" } else { "unset" },
+                "choose exactly one of [http.tls] (casd terminates TLS), http.tls_terminated_upstream = true (a proxy \
+                 does) or http.allow_plain_http = true (development only)",
             ));
         }
         let cookie = &self.cookie.name;

@@ -19,6 +19,7 @@ pub mod config;
 pub mod node;
 pub mod registry;
 pub mod ticket;
+pub mod tls;
 
 pub use config::Config;
 pub use node::{Node, NodeHandle, StartError};

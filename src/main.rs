@@ -85,17 +85,41 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Listen for SIGHUP before anything can say the node is up: its default action would end the process.
+        let mut hangup = reload_signal()?;
         let mut node = Node::start(config).await?;
         tracing::info!(url = %node.base_url(), "serving");
-        tokio::select! {
-            _ = shutdown_signal() => {
-                tracing::info!("shutting down");
-                node.shutdown().await;
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!("shutting down");
+                    node.shutdown().await;
+                    return Ok(());
+                }
+                _ = hangup.recv() => match node.reload_tls() {
+                    Ok(()) => {}
+                    Err(e) => tracing::error!(error = %e, "tls reload failed; keeping the current certificate"),
+                },
+                _ = node.wait() => anyhow::bail!("the http server stopped"),
             }
-            _ = node.wait() => anyhow::bail!("the http server stopped"),
         }
-        Ok(())
     })
+}
+
+/// SIGHUP, which reloads the TLS certificate.
+#[cfg(unix)]
+fn reload_signal() -> anyhow::Result<tokio::signal::unix::Signal> {
+    Ok(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?)
+}
+
+/// Elsewhere than Unix there is no SIGHUP: a receiver that never yields.
+#[cfg(not(unix))]
+fn reload_signal() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    std::mem::forget(tx);
+    Ok(rx)
 }
 
 async fn shutdown_signal() {

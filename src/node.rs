@@ -16,6 +16,7 @@ use crate::cluster::{ClusterHandle, ClusterStatus};
 use crate::config::{ClusterConfig, Config, ConfigError};
 use crate::registry::{Maps, TicketRegistry};
 use crate::ticket::{IdGenerator, now_ms};
+use crate::tls::TlsReloader;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -31,6 +32,8 @@ pub enum StartError {
     Services(#[from] regex::Error),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 pub struct Node;
@@ -44,6 +47,7 @@ pub struct NodeHandle {
     tasks: Vec<JoinHandle<()>>,
     cluster: Option<ClusterHandle>,
     replicator: Option<Arc<Replicator>>,
+    tls: Option<Arc<TlsReloader>>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
@@ -57,14 +61,19 @@ impl Node {
     /// reports `ready` and serves HTTP (invariant 5); connections made meanwhile wait in the listen backlog.
     pub async fn start(config: Config) -> Result<NodeHandle, StartError> {
         let generation = now_ms();
+        let tls = match &config.http.tls {
+            Some(t) => Some(Arc::new(TlsReloader::new(&t.cert_file, &t.key_file)?)),
+            None => None,
+        };
         let (listener, addr) = bind(config.http.listen).await?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         let (cluster, replicator, maps) = match (&config.cluster, config.cluster_key()?) {
             (Some(c), Some(key)) => {
                 let (repl_listener, repl_addr) = bind(c.replication_addr).await?;
                 let http =
-                    c.http_advertise.clone().unwrap_or_else(|| format!("http://{addr}{}", config.http.base_path));
+                    c.http_advertise.clone().unwrap_or_else(|| format!("{scheme}://{addr}{}", config.http.base_path));
                 let cluster = crate::cluster::start(c, &key, &config.node.name, generation, http, repl_addr).await?;
                 let replicator = Replicator::new(ReplicatorParts {
                     me: config.node.name.clone(),
@@ -99,16 +108,23 @@ impl Node {
         }
         let app = Arc::new(app);
 
-        let router = cas::router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let mut on_stop = stopped.clone();
-        let server = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = on_stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
-                tracing::error!(error = %e, "http server failed");
+        let server = match &tls {
+            Some(tls) => {
+                tokio::spawn(crate::tls::serve(listener, cas::router(app.clone()), tls.clone(), stopped.clone()))
             }
-        });
+            None => {
+                let router = cas::router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
+                let mut on_stop = stopped.clone();
+                tokio::spawn(async move {
+                    let shutdown = async move {
+                        let _ = on_stop.wait_for(|s| *s).await;
+                    };
+                    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+                        tracing::error!(error = %e, "http server failed");
+                    }
+                })
+            }
+        };
         tasks.insert(0, server);
         tasks.push(tokio::spawn(sweep_forever(
             app.clone(),
@@ -117,7 +133,7 @@ impl Node {
             stopped,
         )));
         tracing::info!(%addr, base_path = %config.http.base_path, node = %config.node.name, "casd node started");
-        Ok(NodeHandle { addr, base_path: config.http.base_path.clone(), app, stop, tasks, cluster, replicator })
+        Ok(NodeHandle { addr, base_path: config.http.base_path.clone(), app, stop, tasks, cluster, replicator, tls })
     }
 }
 
@@ -250,9 +266,15 @@ impl NodeHandle {
         self.addr
     }
 
-    /// `http://<addr><base_path>`, e.g. `http://127.0.0.1:8080/cas`.
+    /// `http(s)://<addr><base_path>`, e.g. `http://127.0.0.1:8080/cas`.
     pub fn base_url(&self) -> String {
-        format!("http://{}{}", self.addr, self.base_path)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.addr, self.base_path)
+    }
+
+    /// Reads the TLS certificate and key again (what SIGHUP does); without TLS there is nothing to do.
+    pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
+        self.tls.as_ref().map_or(Ok(()), |t| t.reload())
     }
 
     pub fn registry(&self) -> &Arc<TicketRegistry> {

@@ -23,7 +23,11 @@ async fn password_login_redirects_with_a_service_ticket_and_sets_the_tgc() {
 /// Unless the config allows plain http, the TGC is `Secure`.
 #[tokio::test]
 async fn tgc_is_secure_unless_plain_http_is_allowed() {
-    let node = start(|c| c.http.allow_plain_http = false).await;
+    let node = start(|c| {
+        c.http.allow_plain_http = false;
+        c.http.tls_terminated_upstream = true;
+    })
+    .await;
     let mut b = Browser::new(&node);
     let page = b.login_with(Some(APP), "", USER, PASSWORD).await;
     let cookie = page.set_cookie.iter().find(|c| c.starts_with("TGC=")).expect("TGC set");

@@ -12,4 +12,5 @@ mod replication;
 mod saml;
 mod slo;
 mod support;
+mod tls;
 mod validate;

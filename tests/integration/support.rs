@@ -258,6 +258,26 @@ impl TestCa {
         std::fs::write(&pem_file, cert.pem()).expect("write ca");
         Self { key, cert, pem_file }
     }
+
+    /// A server certificate for localhost and 127.0.0.1 signed by this CA: (certificate PEM, private key PEM).
+    pub fn leaf_pem(&self) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("leaf params");
+        let cert = params.signed_by(&key, &self.cert, &self.key).expect("leaf");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// An HTTP client that trusts only this CA.
+    pub fn client(&self) -> reqwest::Client {
+        let root = reqwest::Certificate::from_pem(self.cert.pem().as_bytes()).expect("ca pem");
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(root)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client")
+    }
 }
 
 /// An https server on loopback with a certificate for localhost and 127.0.0.1 signed by a [`TestCa`]; answers every
