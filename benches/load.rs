@@ -6,7 +6,12 @@
 //! 3. full login cycle: GET the form, POST credentials (argon2id), validate the ST.
 //!
 //! Env: `CASD_BENCH_REQUESTS` (validate requests, default 20000), `CASD_BENCH_CONCURRENCY` (default 32),
-//! `CASD_BENCH_LOGINS` (login cycles, default 200). Never run as a test: figures go into notes, not assertions.
+//! `CASD_BENCH_LOGINS` (login cycles, default 200), `CASD_BENCH_NODES` (default 1; with 3, a loopback cluster behind
+//! a round-robin "load balancer": each step of a flow goes to the next node, so every validation is forwarded to
+//! the ticket's owner). Never run as a test: figures go into notes, not assertions.
+
+#[path = "support.rs"]
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,15 +102,18 @@ fn ticket_in(location: &str) -> String {
     url.query_pairs().find(|(k, _)| k == "ticket").map(|(_, v)| v.into_owned()).expect("ticket")
 }
 
-/// One full login cycle: form, POST, validate. Returns its latency.
-async fn login_cycle(client: &reqwest::Client, base: &str) -> Duration {
+/// One full login cycle: form, POST, validate, each step on the next node. Returns its latency.
+async fn login_cycle(client: &reqwest::Client, bases: &[String], k: usize) -> Duration {
     let t = Instant::now();
+    let base = &bases[k % bases.len()];
     let form = client.get(format!("{base}/login?service={APP}")).send().await.expect("form");
     let html = form.text().await.expect("html");
     let lt = html.split("name=\"lt\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("lt").to_owned();
     let fields = [("username", "casuser"), ("password", "Mellon"), ("lt", lt.as_str()), ("service", APP)];
+    let base = &bases[(k + 1) % bases.len()];
     let post = client.post(format!("{base}/login")).form(&fields).send().await.expect("post");
     let st = ticket_in(&header(&post, "location").expect("redirect"));
+    let base = &bases[(k + 2) % bases.len()];
     let body = client
         .get(format!("{base}/serviceValidate"))
         .query(&[("service", APP), ("ticket", &st)])
@@ -129,11 +137,10 @@ async fn run() {
     let concurrency = env_usize("CASD_BENCH_CONCURRENCY", 32);
     let logins = env_usize("CASD_BENCH_LOGINS", 200);
 
-    let mut config = casd::Config::embedded();
-    config.http.listen = "127.0.0.1:0".parse().expect("addr");
-    config.tickets.st_ttl = Duration::from_secs(600); // tickets are issued before the timed phase
-    let node = casd::Node::start(config).await.expect("node");
-    let base = node.base_url();
+    let node_count = env_usize("CASD_BENCH_NODES", 1);
+    let nodes = support::nodes(node_count).await;
+    let bases: Vec<String> = nodes.iter().map(|n| n.base_url()).collect();
+    let base = bases[0].clone();
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(concurrency)
@@ -146,8 +153,6 @@ async fn run() {
     let baseline = drive(&client, urls, concurrency, |b| b.contains("casuser")).await;
 
     // Issue the STs by SSO (untimed), then validate each once.
-    let first = login_cycle(&client, &base).await;
-    let _ = first;
     let form = client.get(format!("{base}/login")).send().await.expect("form").text().await.expect("html");
     let lt = form.split("name=\"lt\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("lt").to_owned();
     let login = client
@@ -160,12 +165,17 @@ async fn run() {
     let tgc = tgc.split(';').next().expect("cookie pair").to_owned();
     let issue_start = Instant::now();
     let mut tickets = Vec::with_capacity(requests);
-    for _ in 0..requests {
-        let r = client.get(format!("{base}/login?service={APP}")).header("Cookie", &tgc).send().await.expect("sso");
+    for i in 0..requests {
+        let issuer = &bases[i % bases.len()];
+        let r = client.get(format!("{issuer}/login?service={APP}")).header("Cookie", &tgc).send().await.expect("sso");
         tickets.push(ticket_in(&header(&r, "location").expect("redirect")));
     }
     let issue_rate = requests as f64 / issue_start.elapsed().as_secs_f64();
-    let urls = tickets.iter().map(|st| format!("{base}/serviceValidate?service={APP}&ticket={st}")).collect();
+    let urls = tickets
+        .iter()
+        .enumerate()
+        .map(|(i, st)| format!("{}/serviceValidate?service={APP}&ticket={st}", bases[(i + 1) % bases.len()]))
+        .collect();
     let validate = drive(&client, urls, concurrency, |b| b.contains("<cas:user>casuser</cas:user>")).await;
 
     // Full login cycles with a few parallel browsers (argon2id dominates).
@@ -173,11 +183,11 @@ async fn run() {
     let parallel = 4.min(logins.max(1));
     let workers: Vec<_> = (0..parallel)
         .map(|w| {
-            let (client, base) = (client.clone(), base.clone());
+            let (client, bases) = (client.clone(), bases.clone());
             tokio::spawn(async move {
                 let mut l = Vec::new();
-                for _ in (w..logins).step_by(parallel) {
-                    l.push(login_cycle(&client, &base).await);
+                for k in (w..logins).step_by(parallel) {
+                    l.push(login_cycle(&client, &bases, k).await);
                 }
                 l
             })
@@ -189,7 +199,9 @@ async fn run() {
     }
     let cycles = Stats::from(latencies, start.elapsed());
 
-    println!("\n## casd single-node load ({} cores, concurrency {concurrency})\n", num_cpus());
+    let what =
+        if node_count > 1 { format!("{node_count}-node loopback cluster, round robin") } else { "single node".into() };
+    println!("\n## casd load: {what} ({} cores, concurrency {concurrency})\n", num_cpus());
     println!("| phase | requests | req/s | p50 | p99 |");
     println!("|---|---:|---:|---:|---:|");
     for (name, s) in [
@@ -201,7 +213,9 @@ async fn run() {
     }
     println!("\nvalidate / baseline throughput: {:.1} %", 100.0 * validate.per_second() / baseline.per_second());
     println!("ST issuance by SSO (sequential, one client): {issue_rate:.0} tickets/s");
-    node.shutdown().await;
+    for n in nodes {
+        n.shutdown().await;
+    }
 }
 
 fn num_cpus() -> usize {

@@ -9,14 +9,16 @@
 //! `cargo bench --bench replication`. Prints a Markdown table; never run as a test. Env: CASD_BENCH_WRITES
 //! (default 20000), CASD_BENCH_TGTS (default 1000000).
 
+#[path = "support.rs"]
+mod support;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use casd::NodeHandle;
 use casd::cluster::seal::ClusterKey;
-use casd::config::ClusterConfig;
 use casd::ticket::{Principal, now_ms};
-use casd::{Config, Node, NodeHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -113,19 +115,6 @@ async fn ping_pong(writers: usize, total: usize) -> Stats {
     .await
 }
 
-async fn clustered(name: &str, key: &ClusterKey, seeds: Vec<String>) -> NodeHandle {
-    let mut config = Config::embedded();
-    config.http.listen = "127.0.0.1:0".parse().expect("addr");
-    config.node.name = name.into();
-    let loopback = "127.0.0.1:0".parse().expect("addr");
-    let mut c = ClusterConfig::new("casd-bench", loopback, loopback, key);
-    c.seeds = seeds;
-    c.expected_size = 3;
-    c.join_timeout = Duration::from_secs(10);
-    config.cluster = Some(c);
-    Node::start(config).await.expect("node")
-}
-
 fn principal() -> Principal {
     let attributes = [
         ("mail".to_owned(), vec!["casuser@example.org".to_owned()]),
@@ -135,23 +124,6 @@ fn principal() -> Principal {
     .into_iter()
     .collect();
     Principal { id: "casuser".into(), attributes }
-}
-
-async fn cluster3() -> Vec<NodeHandle> {
-    let key = ClusterKey::generate();
-    let first = clustered("n1", &key, vec![]).await;
-    let seed = vec![first.cluster().expect("c").gossip_addr().to_string()];
-    let mut nodes = vec![first];
-    for name in ["n2", "n3"] {
-        nodes.push(clustered(name, &key, seed.clone()).await);
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while nodes.iter().any(|n| n.replicator().expect("r").peers().len() != 2) {
-        assert!(Instant::now() < deadline, "cluster did not form");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    nodes
 }
 
 async fn replicated_writes(node: &NodeHandle, writers: usize, total: usize) -> Stats {
@@ -281,7 +253,7 @@ fn main() {
         let pp32 = ping_pong(32, writes).await;
         pp32.row("TCP ping-pong, 32 clients");
 
-        let nodes = cluster3().await;
+        let nodes = support::nodes(3).await;
         let w1 = replicated_writes(&nodes[0], 1, writes / 4).await;
         w1.row("replicated TGT write (2 acks), 1 writer");
         let w32 = replicated_writes(&nodes[0], 32, writes).await;
@@ -312,13 +284,13 @@ fn main() {
 
         // State transfer of 100,000 tickets.
         let key = ClusterKey::generate();
-        let first = clustered("t1", &key, vec![]).await;
+        let first = support::node("t1", Some(&key), vec![], 3).await;
         for _ in 0..100_000 {
             first.registry().issue_tgt(principal(), now_ms()).await.expect("tgt");
         }
         let seed = vec![first.cluster().expect("c").gossip_addr().to_string()];
         let t = Instant::now();
-        let joiner = clustered("t2", &key, seed).await;
+        let joiner = support::node("t2", Some(&key), seed, 3).await;
         let took = t.elapsed();
         assert_eq!(joiner.registry().sizes()[0].1, 100_000);
         println!("state transfer: a joiner started and held 100,000 TGTs after {took:.2?} (includes finding the peer by gossip)");
@@ -332,7 +304,7 @@ fn main() {
         // Memory per TGT.
         let count = env_usize("CASD_BENCH_TGTS", 1_000_000);
         let key = ClusterKey::generate();
-        let lone = clustered("m1", &key, vec![]).await;
+        let lone = support::node("m1", Some(&key), vec![], 3).await;
         let before = rss_bytes();
         for _ in 0..count {
             lone.registry().issue_tgt(principal(), now_ms()).await.expect("tgt");

@@ -60,24 +60,38 @@ impl<V: Ticket> ReplicatedMap<V> {
         (Op::Remove { map: self.policy.index, id: id.to_string(), gc_after }, gc_after)
     }
 
-    /// Turns a live entry into a tombstone, atomically (at most one caller gets the value), and replicates the
-    /// tombstone. An id this node does not hold leaves no trace: a client must not be able to fill the map with
-    /// tombstones of made-up ids.
-    async fn remove_and_replicate(&self, id: &TicketId) -> Option<Arc<V>> {
+    /// Turns a live entry into a tombstone, atomically (at most one caller gets the value), and returns it with the
+    /// op that tells the peers. An id this node does not hold leaves no trace: a client must not be able to fill the
+    /// map with tombstones of made-up ids.
+    fn tombstone(&self, id: &TicketId) -> Option<(Arc<V>, Op)> {
         let (op, gc_after) = self.remove_op(id);
-        let previous = match self.slots.get_mut(id) {
-            Some(mut slot) if matches!(*slot, Slot::Live(_)) => {
-                match std::mem::replace(&mut *slot, Slot::Removed { gc_after }) {
-                    Slot::Live(v) => Some(v),
-                    Slot::Removed { .. } => None,
-                }
-            }
-            _ => None,
-        };
-        if previous.is_some() {
-            self.replicator.replicate(op).await;
+        let mut slot = self.slots.get_mut(id)?;
+        if !matches!(*slot, Slot::Live(_)) {
+            return None;
         }
-        previous
+        match std::mem::replace(&mut *slot, Slot::Removed { gc_after }) {
+            Slot::Live(v) => Some((v, op)),
+            Slot::Removed { .. } => None,
+        }
+    }
+
+    /// Removes a ticket and waits until the peers hold the tombstone (logout: invariant 3).
+    async fn remove_and_replicate(&self, id: &TicketId) -> Option<Arc<V>> {
+        let (value, op) = self.tombstone(id)?;
+        self.replicator.replicate(op).await;
+        Some(value)
+    }
+
+    /// The owner's consume of a one-time ticket. The decision is the owner's alone (a peer never decides, and a
+    /// restarted owner refuses its old generation), so the tombstone only tidies the peers' copies: it is sent
+    /// after the answer instead of before, which saves the caller a round trip to every peer.
+    fn consume_here(&self, id: &TicketId) -> Option<Arc<V>> {
+        let (value, op) = self.tombstone(id)?;
+        let replicator = self.replicator.clone();
+        tokio::spawn(async move {
+            replicator.replicate(op).await;
+        });
+        Some(value)
     }
 
     fn decode(bytes: &[u8]) -> Option<V> {
@@ -112,7 +126,7 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
         }
         let Some(origin) = id.origin() else { return Ok(None) };
         match self.replicator.owner(&origin) {
-            Owner::Me => Ok(self.remove_and_replicate(id).await),
+            Owner::Me => Ok(self.consume_here(id)),
             Owner::Peer(owner) => {
                 let value =
                     self.replicator.forward_consume(&owner, self.policy.index, id.as_str()).await.map_err(|e| {
@@ -211,7 +225,7 @@ impl<V: Ticket> MapReplica for ReplicatedMap<V> {
         if !id.origin().is_some_and(|o| self.replicator.owner(&o) == Owner::Me) {
             return Reply::NotOwner;
         }
-        let value = self.remove_and_replicate(&id).await;
+        let value = self.consume_here(&id);
         Reply::Consumed(value.map(|v| postcard::to_allocvec(&*v).expect("tickets always serialise")))
     }
 

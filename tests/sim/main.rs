@@ -185,8 +185,8 @@ struct History {
     tombstones: BTreeMap<String, BTreeSet<usize>>,
     logged_out: BTreeSet<String>,
     validated: BTreeMap<String, usize>,
-    /// ST id -> the session it was granted under.
-    issued: BTreeMap<String, String>,
+    /// ST id -> the session it was granted under and the node that issued it (its owner).
+    issued: BTreeMap<String, (String, usize)>,
     events: Vec<String>,
 }
 
@@ -236,7 +236,7 @@ async fn run(seed: u64) -> Result<(), String> {
                     proxies: vec![],
                 };
                 st.insert(&id, ticket).await.map_err(|e| format!("st insert: {e}"))?;
-                h.issued.insert(id.to_string(), session.clone());
+                h.issued.insert(id.to_string(), (session.clone(), i));
                 if h.logged_out.contains(&session) {
                     // Only a node cut off from the logout may still grant; such a ticket must never validate.
                     h.events.push(format!("{step}: s{i} granted under a session logged out elsewhere"));
@@ -250,9 +250,9 @@ async fn run(seed: u64) -> Result<(), String> {
                 let id = TicketId::parse(&ticket).expect("id");
                 if let Ok(Some(_)) = st.take(&id).await {
                     h.events.push(format!("{step}: s{i} validated {}", id.redacted()));
-                    let mut holders: BTreeSet<usize> = world.lock().expect("world").reachable(i).into_iter().collect();
-                    holders.insert(i);
-                    h.tombstones.insert(ticket.clone(), holders);
+                    // The owner decided and holds the tombstone; it tells its peers after answering.
+                    let owner = h.issued[&ticket].1;
+                    h.tombstones.insert(ticket.clone(), BTreeSet::from([owner]));
                     if let Some(first) = h.validated.insert(ticket.clone(), step) {
                         return Err(format!(
                             "invariant 1: {} validated at step {first} and again at {step} on s{i}",

@@ -1,0 +1,45 @@
+//! Shared by the benches: nodes on loopback, one alone or several in a cluster.
+
+use std::time::{Duration, Instant};
+
+use casd::cluster::seal::ClusterKey;
+use casd::config::ClusterConfig;
+use casd::{Config, Node, NodeHandle};
+
+/// A node of the demo config on an ephemeral port; clustered (seeded with `seeds`) when `key` is given.
+pub async fn node(name: &str, key: Option<&ClusterKey>, seeds: Vec<String>, size: usize) -> NodeHandle {
+    let mut config = Config::embedded();
+    config.http.listen = "127.0.0.1:0".parse().expect("addr");
+    config.node.name = name.into();
+    config.tickets.st_ttl = Duration::from_secs(600); // benches issue tickets before the timed phase
+    if let Some(key) = key {
+        let loopback = "127.0.0.1:0".parse().expect("addr");
+        let mut c = ClusterConfig::new("casd-bench", loopback, loopback, key);
+        c.seeds = seeds;
+        c.expected_size = size;
+        c.join_timeout = Duration::from_secs(10);
+        config.cluster = Some(c);
+    }
+    Node::start(config).await.expect("node")
+}
+
+/// `n` nodes: one plain node, or a cluster of `n` whose members all see each other.
+pub async fn nodes(n: usize) -> Vec<NodeHandle> {
+    if n <= 1 {
+        return vec![node("b1", None, vec![], 1).await];
+    }
+    let key = ClusterKey::generate();
+    let first = node("b1", Some(&key), vec![], n).await;
+    let seed = vec![first.cluster().expect("clustered").gossip_addr().to_string()];
+    let mut all = vec![first];
+    for i in 2..=n {
+        all.push(node(&format!("b{i}"), Some(&key), seed.clone(), n).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while all.iter().any(|m| m.replicator().expect("replicator").peers().len() != n - 1) {
+        assert!(Instant::now() < deadline, "cluster did not form");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    all
+}
