@@ -120,6 +120,14 @@ pub fn render(app: &AppState) -> String {
     if let Some(r) = app.replication.as_ref().map(|f| f()) {
         family(&mut out, "replication_writes_total", "counter", "Replicated writes started by this node.");
         let _ = writeln!(out, "casd_replication_writes_total {}", r.writes);
+        family(
+            &mut out,
+            "replication_write_seconds",
+            "summary",
+            "Time writes waited for every peer's acknowledgement (replication lag).",
+        );
+        let _ = writeln!(out, "casd_replication_write_seconds_sum {:.6}", r.ack_wait_micros as f64 / 1e6);
+        let _ = writeln!(out, "casd_replication_write_seconds_count {}", r.writes);
         family(&mut out, "replication_acks_total", "counter", "Peer acknowledgements of writes, by outcome.");
         let _ = writeln!(out, "casd_replication_acks_total{{outcome=\"ok\"}} {}", r.acks);
         let _ = writeln!(out, "casd_replication_acks_total{{outcome=\"missed\"}} {}", r.ack_failures);

@@ -72,6 +72,8 @@ async fn health_and_readiness_follow_the_node() {
     b.login(APP).await;
     let body = get(format!("{}/metrics", n1.base_url())).await.1;
     assert!(metric(&body, "casd_replication_acks_total{outcome=\"ok\"}").is_some_and(|n| n >= 1), "{body}");
+    assert!(metric(&body, "casd_replication_write_seconds_count").is_some_and(|n| n >= 1), "{body}");
+    assert!(body.contains("casd_replication_write_seconds_sum 0."), "{body}");
     let ready_url = format!("{}/ready", n2.base_url());
     let leaving = tokio::spawn(n2.shutdown());
     wait_until(Duration::from_secs(3), "n2 not ready while leaving", || async {

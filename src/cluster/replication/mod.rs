@@ -93,6 +93,8 @@ pub enum Owner {
 #[derive(Default)]
 pub struct ReplicationCounters {
     pub writes: AtomicU64,
+    /// Time writes spent waiting for their acknowledgements: with `writes`, the mean replication lag.
+    pub ack_wait_micros: AtomicU64,
     pub acks: AtomicU64,
     pub ack_failures: AtomicU64,
     pub forwarded_consumes: AtomicU64,
@@ -102,6 +104,7 @@ pub struct ReplicationCounters {
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 pub struct ReplicationCounts {
     pub writes: u64,
+    pub ack_wait_micros: u64,
     pub acks: u64,
     pub ack_failures: u64,
     pub forwarded_consumes: u64,
@@ -191,6 +194,7 @@ impl Replicator {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ReplicationCounts {
             writes: get(&c.writes),
+            ack_wait_micros: get(&c.ack_wait_micros),
             acks: get(&c.acks),
             ack_failures: get(&c.ack_failures),
             forwarded_consumes: get(&c.forwarded_consumes),
@@ -241,7 +245,9 @@ impl Replicator {
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         let peers = self.peers();
         let sends = peers.iter().map(|peer| self.request(peer, Request::Apply(op.clone()), self.ack_timeout));
+        let started = std::time::Instant::now();
         let results = futures_util::future::join_all(sends).await;
+        self.counters.ack_wait_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let mut copies = 1;
         for (peer, result) in peers.iter().zip(results) {
             match result {
