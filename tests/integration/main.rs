@@ -1,5 +1,6 @@
 //! Integration tests: real nodes on loopback ports, real HTTP. One test binary (one link step on a 2-core machine).
 
+mod chaos_checker;
 mod cli;
 mod cluster;
 mod concurrency;

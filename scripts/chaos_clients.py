@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""The chaos run's clients (run inside the lab's client namespace by scripts/chaos). Stdlib only.
+
+Each worker plays a browser and its applications against random nodes, as a round-robin load balancer would send
+them: log in (form on one node, POST on another), get service tickets by SSO, validate each ticket, sometimes twice
+at once on two nodes, and sometimes log out. Every request is recorded, with its timing, as one JSON line.
+
+  chaos_clients.py --nodes N --seed S --duration SECONDS --history FILE [--workers W]
+  chaos_clients.py --nodes N --final FILE --history FILE   (after the heal: ask every node about every session)
+"""
+import argparse
+import json
+import random
+import re
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+SERVICE = 'http://198.51.100.250:9/app'
+TIMEOUT = 4
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+OPENER = urllib.request.build_opener(NoRedirect)
+LOCK = threading.Lock()
+
+
+def base(node):
+    return f'http://198.51.100.{node}:8080/cas'
+
+
+def fetch(url, data=None, cookie=None):
+    req = urllib.request.Request(url, data=data)
+    if cookie:
+        req.add_header('Cookie', f'TGC={cookie}')
+    try:
+        with OPENER.open(req, timeout=TIMEOUT) as r:
+            return r.status, r.headers, r.read().decode(errors='replace')
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read().decode(errors='replace')
+    except Exception as e:  # refused, reset, timeout: the node is down or cut off
+        return 0, {}, type(e).__name__
+
+
+class History:
+    def __init__(self, path):
+        self.file = open(path, 'a', buffering=1)
+
+    def record(self, **event):
+        with LOCK:
+            self.file.write(json.dumps(event) + '\n')
+
+
+def op(history, worker, node, kind, call, **args):
+    start = time.time()
+    result = call()
+    history.record(worker=worker, node=node, op=kind, start=start, end=time.time(), **args, **result)
+    return result
+
+
+def login(node_form, node_post):
+    status, _, page = fetch(f'{base(node_form)}/login?service={urllib.parse.quote(SERVICE, safe="")}')
+    lt = re.search(r'name="lt" value="(LT-[A-Za-z0-9-]+)"', page) if status == 200 else None
+    if not lt:
+        return {'ok': False, 'status': status}
+    form = urllib.parse.urlencode({'username': 'casuser', 'password': 'Mellon', 'lt': lt.group(1), 'service': SERVICE})
+    status, headers, _ = fetch(f'{base(node_post)}/login', data=form.encode())
+    cookie = re.search(r'TGC=(TGT-[A-Za-z0-9-]+)', (headers.get('Set-Cookie') or '') if status else '')
+    ticket = re.search(r'ticket=(ST-[A-Za-z0-9-]+)', (headers.get('Location') or '') if status else '')
+    if status == 302 and cookie and ticket:
+        return {'ok': True, 'tgt': cookie.group(1), 'st': ticket.group(1)}
+    return {'ok': False, 'status': status}
+
+
+def sso(node, tgt):
+    status, headers, _ = fetch(f'{base(node)}/login?service={urllib.parse.quote(SERVICE, safe="")}', cookie=tgt)
+    ticket = re.search(r'ticket=(ST-[A-Za-z0-9-]+)', (headers.get('Location') or '') if status else '')
+    if status == 302 and ticket:
+        return {'ok': True, 'st': ticket.group(1)}
+    return {'ok': False, 'status': status, 'form': status == 200}
+
+
+def validate(node, st):
+    query = urllib.parse.urlencode({'service': SERVICE, 'ticket': st})
+    status, _, body = fetch(f'{base(node)}/serviceValidate?{query}')
+    user = re.search(r'<cas:user>([^<]*)</cas:user>', body)
+    code = re.search(r'code="([A-Z_]+)"', body)
+    return {'ok': bool(user), 'status': status, 'code': code.group(1) if code else None}
+
+
+def logout(node, tgt):
+    status, _, _ = fetch(f'{base(node)}/logout', cookie=tgt)
+    return {'ok': status == 200, 'status': status}
+
+
+def worker(args, w, history, deadline):
+    rng = random.Random(args.seed * 1000 + w)
+    nodes = list(range(1, args.nodes + 1))
+    tgt = None
+    while time.time() < deadline:
+        if tgt is None:
+            a, b = rng.choice(nodes), rng.choice(nodes)
+            r = op(history, w, b, 'login', lambda: login(a, b), form_node=a)
+            if r['ok']:
+                tgt = r['tgt']
+                op(history, w, rng.choice(nodes), 'validate', lambda n=rng.choice(nodes), st=r['st']: validate(n, st), st=r['st'], tgt=tgt)
+            else:
+                time.sleep(0.2)
+            continue
+        roll = rng.random()
+        if roll < 0.08:
+            n = rng.choice(nodes)
+            op(history, w, n, 'logout', lambda: logout(n, tgt), tgt=tgt)
+            tgt = None
+            continue
+        n = rng.choice(nodes)
+        r = op(history, w, n, 'sso', lambda: sso(n, tgt), tgt=tgt)
+        if not r['ok']:
+            if r.get('form'):
+                tgt = None  # the session is gone (expired or logged out elsewhere): log in again
+            continue
+        st = r['st']
+        if roll < 0.35:
+            # Two applications validate the same ticket at once on two nodes: at most one may win.
+            n1, n2 = rng.sample(nodes, 2) if len(nodes) > 1 else (n, n)
+            threads = [threading.Thread(target=lambda m=m: op(history, w, m, 'validate', lambda: validate(m, st), st=st, tgt=tgt))
+                       for m in (n1, n2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        else:
+            m = rng.choice(nodes)
+            op(history, w, m, 'validate', lambda: validate(m, st), st=st, tgt=tgt)
+        time.sleep(rng.uniform(0, 0.05))
+
+
+def final(args, history):
+    """After the final heal: every node is asked about every session seen in the run."""
+    sessions = set()
+    with open(args.history) as f:
+        for line in f:
+            e = json.loads(line)
+            if e.get('tgt') and e.get('op') in ('login', 'sso', 'logout'):
+                sessions.add(e['tgt'])
+    for tgt in sorted(sessions):
+        for n in range(1, args.nodes + 1):
+            op(history, 'final', n, 'final-sso', lambda n=n, t=tgt: sso(n, t), tgt=tgt)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument('--nodes', type=int, required=True)
+    p.add_argument('--seed', type=int, default=1)
+    p.add_argument('--duration', type=float, default=60)
+    p.add_argument('--workers', type=int, default=6)
+    p.add_argument('--history', required=True)
+    p.add_argument('--final', action='store_true')
+    args = p.parse_args()
+    history = History(args.history)
+    if args.final:
+        final(args, history)
+        return
+    deadline = time.time() + args.duration
+    threads = [threading.Thread(target=worker, args=(args, w, history, deadline)) for w in range(args.workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+if __name__ == '__main__':
+    main()
