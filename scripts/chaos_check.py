@@ -30,7 +30,7 @@ def cut_at(faults, t):
     for f in sorted(faults, key=lambda f: f['t']):
         if f['t'] > t:
             break
-        if f['fault'] in ('isolate', 'partition', 'block'):
+        if f['fault'] in ('isolate', 'partition', 'block', 'slow'):
             active = True
         elif f['fault'] == 'heal':
             active = False
@@ -108,7 +108,7 @@ def timeline(history, faults, path):
                     if r in y:
                         out.append(f'<rect x="{x(since):.1f}" y="{y[r] - 12}" width="{max(x(f["t"]) - x(since), 1):.1f}" height="{row - 8}" fill="{colour}"/>')
                 del state[(kind, n)]
-        if f['fault'] in ('isolate', 'kill', 'partition', 'block'):
+        if f['fault'] in ('isolate', 'kill', 'partition', 'block', 'slow'):
             for n in f['nodes'] or ['all']:
                 state.setdefault((f['fault'], n), f['t'])
     for n in nodes:
