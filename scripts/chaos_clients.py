@@ -19,7 +19,9 @@ import urllib.parse
 import urllib.request
 
 SERVICE = 'http://198.51.100.250:9/app'
+BACKEND = 'http://198.51.100.250:9/backend'
 TIMEOUT = 4
+PGTS = {}  # pgtIou -> pgtId, filled by the proxy callback server
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -94,6 +96,56 @@ def validate(node, st):
     return {'ok': bool(user), 'status': status, 'code': code.group(1) if code else None}
 
 
+def validate_with_callback(node, st, pgt_url):
+    query = urllib.parse.urlencode({'service': SERVICE, 'ticket': st, 'pgtUrl': pgt_url})
+    status, _, body = fetch(f'{base(node)}/serviceValidate?{query}')
+    iou = re.search(r'<cas:proxyGrantingTicket>(PGTIOU-[A-Za-z0-9-]+)<', body)
+    code = re.search(r'code="([A-Z_]+)"', body)
+    with LOCK:
+        pgt = PGTS.get(iou.group(1)) if iou else None
+    return {'ok': bool(re.search(r'<cas:user>', body)), 'status': status, 'code': code.group(1) if code else None,
+            'pgt': pgt}
+
+
+def proxy(node, pgt):
+    query = urllib.parse.urlencode({'pgt': pgt, 'targetService': BACKEND})
+    status, _, body = fetch(f'{base(node)}/proxy?{query}')
+    pt = re.search(r'<cas:proxyTicket>(PT-[A-Za-z0-9-]+)<', body)
+    return {'ok': bool(pt), 'status': status, 'st': pt.group(1) if pt else None}
+
+
+def proxy_validate(node, pt):
+    query = urllib.parse.urlencode({'service': BACKEND, 'ticket': pt})
+    status, _, body = fetch(f'{base(node)}/proxyValidate?{query}')
+    code = re.search(r'code="([A-Z_]+)"', body)
+    return {'ok': bool(re.search(r'<cas:user>', body)), 'status': status, 'code': code.group(1) if code else None}
+
+
+def serve_callbacks(addr, cert, key):
+    """The proxy's pgtUrl: an HTTPS server that remembers pgtIou -> pgtId and answers 200."""
+    import http.server
+    import ssl
+
+    class Callback(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            q = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+            if 'pgtIou' in q and 'pgtId' in q:
+                with LOCK:
+                    PGTS[q['pgtIou'][0]] = q['pgtId'][0]
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer((addr, 8443), Callback)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f'https://{addr}:8443/pgtCallback'
+
+
 def logout(node, tgt):
     status, _, _ = fetch(f'{base(node)}/logout', cookie=tgt)
     return {'ok': status == 200, 'status': status}
@@ -126,6 +178,23 @@ def worker(args, w, history, deadline):
                 tgt = None  # the session is gone (expired or logged out elsewhere): log in again
             continue
         st = r['st']
+        if args.pgt_url and roll > 0.85:
+            # A proxy: validate with a callback, get a PGT, ask another node for a PT, validate that on a third.
+            m = rng.choice(nodes)
+            v = op(history, w, m, 'validate', lambda: validate_with_callback(m, st, args.pgt_url), st=st, tgt=tgt)
+            if v['ok'] and v.get('pgt'):
+                m = rng.choice(nodes)
+                r = op(history, w, m, 'proxy', lambda: proxy(m, v['pgt']), tgt=tgt)
+                if r['ok']:
+                    pt = r['st']
+                    pair = rng.sample(nodes, 2) if len(nodes) > 1 else (m, m)
+                    threads = [threading.Thread(target=lambda k=k: op(history, w, k, 'validate', lambda: proxy_validate(k, pt), st=pt, tgt=tgt))
+                               for k in pair]
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+            continue
         if roll < 0.35:
             # Two applications validate the same ticket at once on two nodes: at most one may win.
             n1, n2 = rng.sample(nodes, 2) if len(nodes) > 1 else (n, n)
@@ -162,7 +231,9 @@ def main():
     p.add_argument('--workers', type=int, default=6)
     p.add_argument('--history', required=True)
     p.add_argument('--final', action='store_true')
+    p.add_argument('--callback', nargs=3, metavar=('ADDR', 'CERT', 'KEY'), help='serve a pgtUrl here')
     args = p.parse_args()
+    args.pgt_url = serve_callbacks(*args.callback) if args.callback else None
     history = History(args.history)
     if args.final:
         final(args, history)

@@ -168,8 +168,9 @@ fn ready_peers(status: &ClusterStatus) -> Vec<MemberInfo> {
     status.view().into_values().filter(|m| !m.is_self && m.status == MemberStatus::Ready).collect()
 }
 
-/// Repairs what synchronous writes missed (a peer that was cut off or slow): pulls the maps of every peer that
-/// (re)appears in the view, and of one peer every `every`. Joins make repeated pulls harmless.
+/// Repairs what synchronous writes missed (a peer that was cut off or slow): every second, asks the peers that
+/// missed this node's writes to pull from it; pulls the maps of every peer that (re)appears in the view, and of one
+/// peer every `every`. Joins make repeated pulls harmless.
 async fn anti_entropy(
     replicator: Arc<Replicator>,
     mut status: watch::Receiver<ClusterStatus>,
@@ -180,12 +181,17 @@ async fn anti_entropy(
         ready_peers(&status.borrow()).into_iter().map(|m| (m.node, m.generation)).collect();
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
+    let mut repair = tokio::time::interval(Duration::from_secs(1));
     let mut round = 0usize;
     loop {
         let periodic = tokio::select! {
             _ = async { let _ = stopped.wait_for(|s| *s).await; } => return,
             changed = status.changed() => { if changed.is_err() { return; } false }
             _ = tick.tick() => true,
+            _ = repair.tick() => {
+                replicator.repair_peers().await;
+                continue;
+            }
         };
         let peers = ready_peers(&status.borrow());
         let mut to_pull: Vec<MemberInfo> =

@@ -21,6 +21,9 @@ use crate::cluster::replication::wire::{Entry, Op, Reply};
 use crate::cluster::replication::{MapReplica, Owner, Replicas};
 use crate::ticket::{EpochMs, ExpiryPolicy, Ticket, TicketId, now_ms};
 
+/// Above this many entries, a removal of an unknown id leaves no tombstone.
+const MAX_SLOTS_FOR_BLIND_REMOVAL: usize = 1_000_000;
+
 enum Slot<V> {
     Live(Arc<V>),
     Removed { gc_after: EpochMs },
@@ -82,6 +85,26 @@ impl<V: Ticket> ReplicatedMap<V> {
         Some(value)
     }
 
+    /// Removes a ticket this node does not hold (a logout arriving at a node on the other side of a partition from
+    /// the login): the removal is remembered and replicated, so the copies beyond the partition die when it heals
+    /// (invariant 3). Only while the map is below `MAX_SLOTS_FOR_BLIND_REMOVAL`, so made-up ids cannot fill memory.
+    async fn remove_unknown(&self, id: &TicketId) {
+        if self.slots.len() >= MAX_SLOTS_FOR_BLIND_REMOVAL {
+            return;
+        }
+        let (op, gc_after) = self.remove_op(id);
+        let inserted = match self.slots.entry(id.clone()) {
+            MapEntry::Vacant(e) => {
+                e.insert(Slot::Removed { gc_after });
+                true
+            }
+            MapEntry::Occupied(_) => false,
+        };
+        if inserted {
+            self.replicator.replicate(op).await;
+        }
+    }
+
     /// The owner's consume of a one-time ticket. The decision is the owner's alone (a peer never decides, and a
     /// restarted owner refuses its old generation), so the tombstone only tidies the peers' copies: it is sent
     /// after the answer instead of before, which saves the caller a round trip to every peer.
@@ -122,7 +145,11 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
 
     async fn take(&self, id: &TicketId) -> Result<Option<Arc<V>>, MapError> {
         if !self.policy.owner_consumes {
-            return Ok(self.remove_and_replicate(id).await);
+            if let Some(value) = self.remove_and_replicate(id).await {
+                return Ok(Some(value));
+            }
+            self.remove_unknown(id).await;
+            return Ok(None);
         }
         let Some(origin) = id.origin() else { return Ok(None) };
         if cfg!(feature = "unsafe-local-consume") {

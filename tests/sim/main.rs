@@ -267,8 +267,11 @@ async fn run(seed: u64) -> Result<(), String> {
                     continue;
                 };
                 let id = TicketId::parse(&session).expect("id");
-                if tgt.take(&id).await.map_err(|e| format!("logout: {e}"))?.is_some() {
-                    h.events.push(format!("{step}: s{i} logout {}", id.redacted()));
+                // A logout counts whether or not this node held the session: one it does not hold is removed
+                // blindly (remembered and replicated), so a copy beyond a partition dies at the heal.
+                let held = tgt.take(&id).await.map_err(|e| format!("logout: {e}"))?.is_some();
+                if held || !h.logged_out.contains(&session) {
+                    h.events.push(format!("{step}: s{i} logout {} (held here: {held})", id.redacted()));
                     h.logged_out.insert(session.clone());
                     let mut holders: BTreeSet<usize> = world.lock().expect("world").reachable(i).into_iter().collect();
                     holders.insert(i);

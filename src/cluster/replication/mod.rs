@@ -134,6 +134,8 @@ pub struct Replicator {
     ack_timeout: Duration,
     forward_timeout: Duration,
     stopped: watch::Receiver<bool>,
+    /// Peers that missed an acknowledgement since they last pulled from this node.
+    behind: Mutex<std::collections::BTreeSet<String>>,
     pub counters: ReplicationCounters,
 }
 
@@ -172,6 +174,7 @@ impl Replicator {
             ack_timeout: p.ack_timeout,
             forward_timeout: p.forward_timeout,
             stopped: p.stopped,
+            behind: Mutex::new(Default::default()),
             counters: ReplicationCounters::default(),
         })
     }
@@ -257,6 +260,9 @@ impl Replicator {
                 }
                 other => {
                     self.counters.ack_failures.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut behind) = self.behind.lock() {
+                        behind.insert(peer.node.clone());
+                    }
                     tracing::warn!(peer = %peer.node, outcome = ?other.err(), "replica did not acknowledge a write");
                 }
             }
@@ -275,6 +281,23 @@ impl Replicator {
         match self.request(owner, Request::Consume { map, id: id.to_owned() }, self.forward_timeout).await? {
             Reply::Consumed(value) => Ok(value),
             other => Err(ReplicaError::Refused { node: owner.node.clone(), answer: format!("{other:?}") }),
+        }
+    }
+
+    /// Asks every reachable peer that missed one of this node's writes to pull this node's maps. Peers that cannot
+    /// be asked stay on the list for the next call.
+    pub async fn repair_peers(self: &Arc<Self>) {
+        let behind: Vec<String> = self.behind.lock().map(|b| b.iter().cloned().collect()).unwrap_or_default();
+        if behind.is_empty() {
+            return;
+        }
+        for peer in self.peers().into_iter().filter(|m| behind.contains(&m.node) && m.status == MemberStatus::Ready) {
+            if let Ok(Reply::Applied) = self.request(&peer, Request::Repair, self.ack_timeout).await {
+                tracing::info!(peer = %peer.node, "peer missed writes; asked it to pull");
+                if let Ok(mut b) = self.behind.lock() {
+                    b.remove(&peer.node);
+                }
+            }
         }
     }
 
@@ -459,7 +482,7 @@ impl Replicator {
             if matches!(request.body, Request::Consume { .. }) {
                 let (this, writer) = (self.clone(), writer.clone());
                 tokio::spawn(async move {
-                    let body = this.handle(request.body).await;
+                    let body = this.handle(request.body, &opened.sender).await;
                     let mut batch = Vec::new();
                     if append_frame(&mut batch, &this.reply_frame(request.id, body, &opened.sender)).is_ok() {
                         let _ = write_batch(&mut *writer.lock().await, &batch).await;
@@ -467,7 +490,7 @@ impl Replicator {
                 });
                 continue;
             }
-            let body = self.handle(request.body).await;
+            let body = self.handle(request.body, &opened.sender).await;
             if append_frame(&mut replies, &self.reply_frame(request.id, body, &opened.sender)).is_err() {
                 break;
             }
@@ -485,7 +508,7 @@ impl Replicator {
         self.sealer.seal_to(Purpose::ReplicationReply, to, &payload, now_ms())
     }
 
-    async fn handle(&self, request: Request) -> Reply {
+    async fn handle(self: &Arc<Self>, request: Request, from: &str) -> Reply {
         match request {
             Request::Apply(op) => {
                 let map = match &op {
@@ -509,6 +532,18 @@ impl Replicator {
                     Reply::Snapshot { entries, done }
                 }
                 None => Reply::Error(format!("no map {map}")),
+            },
+            Request::Repair => match self.status.borrow().view().remove(from) {
+                Some(peer) => {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = this.pull_all(&peer).await {
+                            tracing::info!(from = %peer.node, error = %e, "repair pull failed");
+                        }
+                    });
+                    Reply::Applied
+                }
+                None => Reply::Error(format!("{from} is not in this node's view")),
             },
         }
     }

@@ -31,6 +31,9 @@ pub enum Request {
         after: Option<String>,
         limit: u32,
     },
+    /// "You missed some of my writes: pull my maps." Sent when the peer is back after missing acknowledgements, so a
+    /// cut shorter than failure detection is repaired at once rather than at the next periodic anti-entropy.
+    Repair,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
