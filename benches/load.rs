@@ -25,27 +25,13 @@ fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-struct Stats {
-    count: usize,
-    elapsed: Duration,
-    p50: Duration,
-    p99: Duration,
-}
-
-impl Stats {
-    fn from(mut latencies: Vec<Duration>, elapsed: Duration) -> Self {
-        latencies.sort();
-        let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-        Self { count: latencies.len(), elapsed, p50: at(0.50), p99: at(0.99) }
-    }
-
-    fn per_second(&self) -> f64 {
-        self.count as f64 / self.elapsed.as_secs_f64()
-    }
-}
-
 /// Sends one GET per url with `concurrency` workers; checks every body with `ok`.
-async fn drive(client: &reqwest::Client, urls: Vec<String>, concurrency: usize, ok: fn(&str) -> bool) -> Stats {
+async fn drive(
+    client: &reqwest::Client,
+    urls: Vec<String>,
+    concurrency: usize,
+    ok: fn(&str) -> bool,
+) -> support::Stats {
     let urls = Arc::new(urls);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
@@ -70,7 +56,7 @@ async fn drive(client: &reqwest::Client, urls: Vec<String>, concurrency: usize, 
     for w in workers {
         all.extend(w.await.expect("worker"));
     }
-    Stats::from(all, start.elapsed())
+    support::Stats::new(all, start.elapsed())
 }
 
 async fn bare_lookup(
@@ -197,7 +183,7 @@ async fn run() {
     for w in workers {
         latencies.extend(w.await.expect("worker"));
     }
-    let cycles = Stats::from(latencies, start.elapsed());
+    let cycles = support::Stats::new(latencies, start.elapsed());
 
     let what =
         if node_count > 1 { format!("{node_count}-node loopback cluster, round robin") } else { "single node".into() };
@@ -209,7 +195,7 @@ async fn run() {
         ("/serviceValidate", &validate),
         ("login cycle (form+POST+validate, 4 browsers)", &cycles),
     ] {
-        println!("| {name} | {} | {:.0} | {:.2?} | {:.2?} |", s.count, s.per_second(), s.p50, s.p99);
+        s.row(name);
     }
     println!("\nvalidate / baseline throughput: {:.1} %", 100.0 * validate.per_second() / baseline.per_second());
     println!("ST issuance by SSO (sequential, one client): {issue_rate:.0} tickets/s");

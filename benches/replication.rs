@@ -26,28 +26,8 @@ fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-struct Stats {
-    ops: usize,
-    elapsed: Duration,
-    p50: Duration,
-    p99: Duration,
-}
-
-impl Stats {
-    fn new(mut l: Vec<Duration>, elapsed: Duration) -> Self {
-        l.sort();
-        let at = |q: f64| l[((l.len() as f64 * q) as usize).min(l.len() - 1)];
-        Self { ops: l.len(), elapsed, p50: at(0.5), p99: at(0.99) }
-    }
-
-    fn row(&self, name: &str) {
-        let rate = self.ops as f64 / self.elapsed.as_secs_f64();
-        println!("| {name} | {} | {rate:.0} | {:.1?} | {:.1?} |", self.ops, self.p50, self.p99);
-    }
-}
-
 /// Runs `per_writer` operations on each of `writers` tasks; `op(writer)` makes one operation's future.
-async fn run<F, Fut>(writers: usize, total: usize, op: F) -> Stats
+async fn run<F, Fut>(writers: usize, total: usize, op: F) -> support::Stats
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
@@ -72,7 +52,7 @@ where
     for t in tasks {
         all.extend(t.await.expect("task"));
     }
-    Stats::new(all, start.elapsed())
+    support::Stats::new(all, start.elapsed())
 }
 
 async fn echo_server() -> String {
@@ -94,7 +74,7 @@ async fn echo_server() -> String {
     addr
 }
 
-async fn ping_pong(writers: usize, total: usize) -> Stats {
+async fn ping_pong(writers: usize, total: usize) -> support::Stats {
     let addr = echo_server().await;
     let mut conns = Vec::new();
     for _ in 0..writers {
@@ -126,7 +106,7 @@ fn principal() -> Principal {
     Principal { id: "casuser".into(), attributes }
 }
 
-async fn replicated_writes(node: &NodeHandle, writers: usize, total: usize) -> Stats {
+async fn replicated_writes(node: &NodeHandle, writers: usize, total: usize) -> support::Stats {
     let registry = node.registry().clone();
     let p = principal();
     run(writers, total, move |_| {
@@ -188,7 +168,7 @@ async fn resp(conn: &mut BufReader<TcpStream>, parts: &[&str]) -> String {
     }
 }
 
-async fn redis_writes(port: u16, writers: usize, total: usize) -> Option<Stats> {
+async fn redis_writes(port: u16, writers: usize, total: usize) -> Option<support::Stats> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut probe = loop {
         if let Ok(s) = TcpStream::connect(("127.0.0.1", port)).await {

@@ -43,3 +43,28 @@ pub async fn nodes(n: usize) -> Vec<NodeHandle> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     all
 }
+
+/// Throughput and latency percentiles of one measured phase.
+pub struct Stats {
+    pub ops: usize,
+    pub elapsed: Duration,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+impl Stats {
+    pub fn new(mut latencies: Vec<Duration>, elapsed: Duration) -> Self {
+        latencies.sort();
+        let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+        Self { ops: latencies.len(), elapsed, p50: at(0.5), p99: at(0.99) }
+    }
+
+    pub fn per_second(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// One Markdown table row: name, operations, operations/s, p50, p99.
+    pub fn row(&self, name: &str) {
+        println!("| {name} | {} | {:.0} | {:.1?} | {:.1?} |", self.ops, self.per_second(), self.p50, self.p99);
+    }
+}

@@ -1,7 +1,5 @@
 //! What operators rely on: metrics after real traffic, health and readiness, JSON logs without secrets.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use casd::cluster::seal::ClusterKey;
@@ -95,22 +93,7 @@ async fn json_logs_never_show_tickets_cookies_or_passwords() {
         .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
         .replace("format = \"human\"", "format = \"json\"");
     std::fs::write(&config, text).expect("write");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_casd"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("casd starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let base = loop {
-        let line = lines.next().expect("a log line before serving").expect("utf8");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
-        if v["message"] == "serving" {
-            break v["url"].as_str().expect("url").to_owned();
-        }
-    };
+    let ServingBinary { mut child, lines, base } = ServingBinary::start(&config);
     let mut b = Browser { base, client: http(), tgc: None };
     let st = b.login(APP).await;
     let tgc = b.tgc.clone().expect("tgc");

@@ -1,7 +1,6 @@
 //! Replicated ticket maps across real nodes on loopback (real UDP gossip, real sealed TCP links, real HTTP): any
 //! request may land on any node, one-time tickets stay one-time, SSO survives the issuer, logout is everywhere.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use casd::NodeHandle;
@@ -118,32 +117,12 @@ async fn racing_validations_on_three_nodes_succeed_exactly_once() {
     let key = ClusterKey::generate();
     let nodes = cluster_of(3, &key, |_| {}).await;
     let urls: Vec<String> = nodes.iter().map(|n| format!("{}/serviceValidate", n.base_url())).collect();
-    let urls = Arc::new(urls);
     let mut b = Browser::new(&nodes[0]);
     b.login(APP).await;
-    let client = http();
     for round in 0..200 {
         on(&mut b, &nodes[round % 3]);
         let st = b.sso(APP).await;
-        let barrier = Arc::new(tokio::sync::Barrier::new(16));
-        let racers: Vec<_> = (0..16)
-            .map(|i| {
-                let (client, urls, st, barrier) = (client.clone(), urls.clone(), st.clone(), barrier.clone());
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    let r = client.get(&urls[i % 3]).query(&[("service", APP), ("ticket", &st)]).send().await;
-                    r.expect("request").text().await.expect("body")
-                })
-            })
-            .collect();
-        let mut wins = 0;
-        for racer in racers {
-            let body = racer.await.expect("join");
-            match failure_code(&body) {
-                None => wins += 1,
-                Some(code) => assert_eq!(code, "INVALID_TICKET", "{body}"),
-            }
-        }
+        let wins = race_validations(&urls, &st, APP, 16).await;
         assert_eq!(wins, 1, "round {round}: {wins} successes for {st}");
     }
     stop_all(nodes).await;

@@ -333,3 +333,63 @@ fn rand_suffix() -> u64 {
     h.write_u64(1);
     h.finish()
 }
+
+/// The `casd` binary serving `config` (which must log JSON), with its stdout lines and the URL it serves at.
+pub struct ServingBinary {
+    pub child: std::process::Child,
+    pub lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    pub base: String,
+}
+
+impl ServingBinary {
+    pub fn start(config: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_casd"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("casd starts");
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let base = loop {
+            let line = lines.next().expect("a log line before serving").expect("utf8");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+            if v["message"] == "serving" {
+                break v["url"].as_str().expect("url").to_owned();
+            }
+        };
+        Self { child, lines, base }
+    }
+}
+
+/// Validates `st` at once from `racers` tasks, spread over `urls` (serviceValidate URLs); returns how many won.
+/// Every loser must get INVALID_TICKET.
+pub async fn race_validations(urls: &[String], st: &str, service: &str, racers: usize) -> usize {
+    let barrier = Arc::new(tokio::sync::Barrier::new(racers));
+    let client = http();
+    let tasks: Vec<_> = (0..racers)
+        .map(|i| {
+            let (client, url, st, service, barrier) =
+                (client.clone(), urls[i % urls.len()].clone(), st.to_owned(), service.to_owned(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let r = client.get(url).query(&[("service", service.as_str()), ("ticket", st.as_str())]).send().await;
+                r.expect("request").text().await.expect("body")
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for task in tasks {
+        let body = task.await.expect("join");
+        match failure_code(&body) {
+            None => {
+                assert_eq!(user_of(&body).as_deref(), Some(USER), "{body}");
+                wins += 1;
+            }
+            Some(code) => assert_eq!(code, "INVALID_TICKET", "{body}"),
+        }
+    }
+    wins
+}

@@ -1,7 +1,6 @@
 //! TLS termination in casd: a test CA on an ephemeral port, certificate reload without a restart.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use casd::config::TlsConfig;
@@ -84,21 +83,7 @@ async fn sighup_reloads_the_certificate() {
         .replace("allow_plain_http = true", "[http.tls]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"")
         .replace("format = \"human\"", "format = \"json\"");
     std::fs::write(&config, text).expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_casd"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("casd starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let base = loop {
-        let line = lines.next().expect("a log line").expect("utf8");
-        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
-        if v["message"] == "serving" {
-            break v["url"].as_str().expect("url").to_owned();
-        }
-    };
+    let ServingBinary { mut child, base, .. } = ServingBinary::start(&config);
     assert_eq!(login_page(&old_ca.client(), &base).await.ok(), Some(200));
     write_leaf(&dir, &new_ca);
     let pid = child.id().to_string();
