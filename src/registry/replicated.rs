@@ -64,8 +64,8 @@ impl<V: Ticket> ReplicatedMap<V> {
     }
 
     /// Turns a live entry into a tombstone, atomically (at most one caller gets the value), and returns it with the
-    /// op that tells the peers. An id this node does not hold leaves no trace: a client must not be able to fill the
-    /// map with tombstones of made-up ids.
+    /// op that tells the peers. An id this node does not hold is left alone here; only a logout may remove one
+    /// (`remove_unknown`, bounded), so made-up ticket ids cannot fill the map with tombstones.
     fn tombstone(&self, id: &TicketId) -> Option<(Arc<V>, Op)> {
         let (op, gc_after) = self.remove_op(id);
         let mut slot = self.slots.get_mut(id)?;
