@@ -10,44 +10,25 @@ at once on two nodes, and sometimes log out. Every request is recorded, with its
 """
 import argparse
 import json
+import os
 import random
 import re
+import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lab_client  # noqa: E402  (the shared CAS browser)
 
 SERVICE = 'http://198.51.100.250:9/app'
 BACKEND = 'http://198.51.100.250:9/backend'
-TIMEOUT = 4
 PGTS = {}  # pgtIou -> pgtId, filled by the proxy callback server
-
-
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None
-
-
-OPENER = urllib.request.build_opener(NoRedirect)
 LOCK = threading.Lock()
 
 
 def base(node):
     return f'http://198.51.100.{node}:8080/cas'
-
-
-def fetch(url, data=None, cookie=None):
-    req = urllib.request.Request(url, data=data)
-    if cookie:
-        req.add_header('Cookie', f'TGC={cookie}')
-    try:
-        with OPENER.open(req, timeout=TIMEOUT) as r:
-            return r.status, r.headers, r.read().decode(errors='replace')
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read().decode(errors='replace')
-    except Exception as e:  # refused, reset, timeout: the node is down or cut off
-        return 0, {}, type(e).__name__
 
 
 class History:
@@ -67,58 +48,33 @@ def op(history, worker, node, kind, call, **args):
 
 
 def login(node_form, node_post):
-    status, _, page = fetch(f'{base(node_form)}/login?service={urllib.parse.quote(SERVICE, safe="")}')
-    lt = re.search(r'name="lt" value="(LT-[A-Za-z0-9-]+)"', page) if status == 200 else None
-    if not lt:
-        return {'ok': False, 'status': status}
-    form = urllib.parse.urlencode({'username': 'casuser', 'password': 'Mellon', 'lt': lt.group(1), 'service': SERVICE})
-    status, headers, _ = fetch(f'{base(node_post)}/login', data=form.encode())
-    cookie = re.search(r'TGC=(TGT-[A-Za-z0-9-]+)', (headers.get('Set-Cookie') or '') if status else '')
-    ticket = re.search(r'ticket=(ST-[A-Za-z0-9-]+)', (headers.get('Location') or '') if status else '')
-    if status == 302 and cookie and ticket:
-        return {'ok': True, 'tgt': cookie.group(1), 'st': ticket.group(1)}
-    return {'ok': False, 'status': status}
+    return lab_client.login(base(node_form), base(node_post), SERVICE)
 
 
 def sso(node, tgt):
-    status, headers, _ = fetch(f'{base(node)}/login?service={urllib.parse.quote(SERVICE, safe="")}', cookie=tgt)
-    ticket = re.search(r'ticket=(ST-[A-Za-z0-9-]+)', (headers.get('Location') or '') if status else '')
-    if status == 302 and ticket:
-        return {'ok': True, 'st': ticket.group(1)}
-    return {'ok': False, 'status': status, 'form': status == 200}
+    return lab_client.sso(base(node), SERVICE, tgt)
 
 
 def validate(node, st):
-    query = urllib.parse.urlencode({'service': SERVICE, 'ticket': st})
-    status, _, body = fetch(f'{base(node)}/serviceValidate?{query}')
-    user = re.search(r'<cas:user>([^<]*)</cas:user>', body)
-    code = re.search(r'code="([A-Z_]+)"', body)
-    return {'ok': bool(user), 'status': status, 'code': code.group(1) if code else None}
+    return lab_client.validate(base(node), SERVICE, st)
 
 
 def validate_with_callback(node, st, pgt_url):
-    query = urllib.parse.urlencode({'service': SERVICE, 'ticket': st, 'pgtUrl': pgt_url})
-    status, _, body = fetch(f'{base(node)}/serviceValidate?{query}')
-    iou = re.search(r'<cas:proxyGrantingTicket>(PGTIOU-[A-Za-z0-9-]+)<', body)
-    code = re.search(r'code="([A-Z_]+)"', body)
+    r = lab_client.validate(base(node), SERVICE, st, pgt_url=pgt_url)
     with LOCK:
-        pgt = PGTS.get(iou.group(1)) if iou else None
-    return {'ok': bool(re.search(r'<cas:user>', body)), 'status': status, 'code': code.group(1) if code else None,
-            'pgt': pgt}
+        r['pgt'] = PGTS.get(r['iou']) if r['iou'] else None
+    return r
 
 
 def proxy(node, pgt):
     query = urllib.parse.urlencode({'pgt': pgt, 'targetService': BACKEND})
-    status, _, body = fetch(f'{base(node)}/proxy?{query}')
+    status, _, body = lab_client.fetch(f'{base(node)}/proxy?{query}')
     pt = re.search(r'<cas:proxyTicket>(PT-[A-Za-z0-9-]+)<', body)
     return {'ok': bool(pt), 'status': status, 'st': pt.group(1) if pt else None}
 
 
 def proxy_validate(node, pt):
-    query = urllib.parse.urlencode({'service': BACKEND, 'ticket': pt})
-    status, _, body = fetch(f'{base(node)}/proxyValidate?{query}')
-    code = re.search(r'code="([A-Z_]+)"', body)
-    return {'ok': bool(re.search(r'<cas:user>', body)), 'status': status, 'code': code.group(1) if code else None}
+    return lab_client.validate(base(node), BACKEND, pt, endpoint='proxyValidate')
 
 
 def serve_callbacks(addr, cert, key):
@@ -147,8 +103,7 @@ def serve_callbacks(addr, cert, key):
 
 
 def logout(node, tgt):
-    status, _, _ = fetch(f'{base(node)}/logout', cookie=tgt)
-    return {'ok': status == 200, 'status': status}
+    return lab_client.logout(base(node), tgt)
 
 
 def worker(args, w, history, deadline):
