@@ -45,13 +45,21 @@ pub struct ClusterStatus {
     pub expected_size: usize,
     /// Every member chitchat knows, alive or dead, self included.
     pub members: Vec<MemberInfo>,
+    /// The live view of `members`, built once per refresh: replication consults it on every write.
+    #[serde(skip)]
+    live: Arc<View>,
     pub dropped: DropCounts,
 }
 
 impl ClusterStatus {
     /// The live view: alive members, newest generation per node.
     pub fn view(&self) -> View {
-        membership::view_of(&self.members)
+        (*self.live).clone()
+    }
+
+    /// The live view, shared rather than copied.
+    pub fn live(&self) -> Arc<View> {
+        self.live.clone()
     }
 }
 
@@ -128,6 +136,7 @@ pub async fn start(
         gossip_addr: advertised.to_string(),
         expected_size: cfg.expected_size,
         members: Vec::new(),
+        live: Arc::default(),
         dropped: DropCounts::default(),
     };
     let (status_tx, status) = watch::channel(first);
@@ -211,7 +220,7 @@ async fn watch_members(
             })
             .await;
         let now = Instant::now();
-        let members = facts
+        let members: Vec<MemberInfo> = facts
             .into_iter()
             .map(|(id, heartbeat, alive, timeout, http, repl, st)| {
                 let entry = last_rise.entry(id.clone()).or_insert((heartbeat, now));
@@ -235,8 +244,10 @@ async fn watch_members(
                 }
             })
             .collect();
+        let live = Arc::new(membership::view_of(&members));
         status.send_modify(|s| {
             s.members = members;
+            s.live = live;
             s.dropped = drops.snapshot();
         });
     }

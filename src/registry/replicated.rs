@@ -17,6 +17,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 
 use super::map::{MapError, TicketMap};
+use crate::cluster::replication::digest::{self, BucketDigest, Digest, live_hash, removed_hash};
 use crate::cluster::replication::wire::{Entry, Op, Reply};
 use crate::cluster::replication::{MapReplica, Owner, Replicas};
 use crate::ticket::{EpochMs, ExpiryPolicy, Ticket, TicketId, now_ms};
@@ -25,8 +26,20 @@ use crate::ticket::{EpochMs, ExpiryPolicy, Ticket, TicketId, now_ms};
 const MAX_SLOTS_FOR_BLIND_REMOVAL: usize = 1_000_000;
 
 enum Slot<V> {
-    Live(Arc<V>),
-    Removed { gc_after: EpochMs },
+    /// A value and its digest hash.
+    Live(Arc<V>, u64),
+    Removed {
+        gc_after: EpochMs,
+    },
+}
+
+impl<V> Slot<V> {
+    fn hash(&self, id: &TicketId) -> u64 {
+        match self {
+            Slot::Live(_, hash) => *hash,
+            Slot::Removed { .. } => removed_hash(id.as_str()),
+        }
+    }
 }
 
 /// How one map behaves in the cluster.
@@ -45,17 +58,21 @@ pub struct MapPolicy {
 pub struct ReplicatedMap<V> {
     policy: MapPolicy,
     slots: DashMap<TicketId, Slot<V>>,
+    /// Kept in step with `slots`: every change of a slot is reported while the slot is locked.
+    digest: Digest,
     replicator: Arc<dyn Replicas>,
 }
 
 impl<V: Ticket> ReplicatedMap<V> {
     pub fn new(policy: MapPolicy, replicator: Arc<dyn Replicas>) -> Self {
-        Self { policy, slots: DashMap::new(), replicator }
+        Self { policy, slots: DashMap::new(), digest: Digest::default(), replicator }
     }
 
-    fn put_op(&self, id: &TicketId, value: &V) -> Op {
+    /// The op that replicates `value`, and the value's digest hash.
+    fn put_op(&self, id: &TicketId, value: &V) -> (Op, u64) {
         let value = postcard::to_allocvec(value).expect("tickets always serialise");
-        Op::Put { map: self.policy.index, id: id.to_string(), value }
+        let hash = live_hash(id.as_str(), &value);
+        (Op::Put { map: self.policy.index, id: id.to_string(), value }, hash)
     }
 
     fn remove_op(&self, id: &TicketId) -> (Op, EpochMs) {
@@ -69,11 +86,15 @@ impl<V: Ticket> ReplicatedMap<V> {
     fn tombstone(&self, id: &TicketId) -> Option<(Arc<V>, Op)> {
         let (op, gc_after) = self.remove_op(id);
         let mut slot = self.slots.get_mut(id)?;
-        if !matches!(*slot, Slot::Live(_)) {
+        if !matches!(*slot, Slot::Live(..)) {
             return None;
         }
+        let before = slot.hash(id);
         match std::mem::replace(&mut *slot, Slot::Removed { gc_after }) {
-            Slot::Live(v) => Some((v, op)),
+            Slot::Live(v, _) => {
+                self.digest.change(id.as_str(), Some(before), Some(removed_hash(id.as_str())));
+                Some((v, op))
+            }
             Slot::Removed { .. } => None,
         }
     }
@@ -95,6 +116,7 @@ impl<V: Ticket> ReplicatedMap<V> {
         let (op, gc_after) = self.remove_op(id);
         let inserted = match self.slots.entry(id.clone()) {
             MapEntry::Vacant(e) => {
+                self.digest.change(id.as_str(), None, Some(removed_hash(id.as_str())));
                 e.insert(Slot::Removed { gc_after });
                 true
             }
@@ -125,8 +147,10 @@ impl<V: Ticket> ReplicatedMap<V> {
 #[async_trait]
 impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
     async fn insert(&self, id: &TicketId, value: V) -> Result<(), MapError> {
-        let op = self.put_op(id, &value);
-        self.slots.insert(id.clone(), Slot::Live(Arc::new(value)));
+        let (op, hash) = self.put_op(id, &value);
+        let before = self.slots.insert(id.clone(), Slot::Live(Arc::new(value), hash));
+        // Outside the slot's lock, but each replaced state is reported exactly once, and XOR does not mind order.
+        self.digest.change(id.as_str(), before.map(|b| b.hash(id)), Some(hash));
         let copies = self.replicator.replicate(op).await;
         if copies < self.policy.min_copies {
             // Too fragile to hand out: withdraw it everywhere it reached.
@@ -138,7 +162,7 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
 
     async fn get(&self, id: &TicketId) -> Option<Arc<V>> {
         match self.slots.get(id).as_deref() {
-            Some(Slot::Live(v)) => Some(v.clone()),
+            Some(Slot::Live(v, _)) => Some(v.clone()),
             _ => None,
         }
     }
@@ -174,10 +198,13 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
     async fn change(&self, id: &TicketId, change: V::Change) -> Result<bool, MapError> {
         let op = match self.slots.get_mut(id) {
             Some(mut slot) => match &mut *slot {
-                Slot::Live(v) => {
+                Slot::Live(v, hash) => {
                     let v = Arc::make_mut(v);
                     v.apply(&change);
-                    self.put_op(id, v)
+                    let (op, after) = self.put_op(id, v);
+                    self.digest.change(id.as_str(), Some(*hash), Some(after));
+                    *hash = after;
+                    op
                 }
                 Slot::Removed { .. } => return Ok(false),
             },
@@ -191,15 +218,22 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
     /// hand it back through anti-entropy, and its expiry would be "found" (and single logout sent) twice.
     async fn sweep(&self, policy: &ExpiryPolicy, now: EpochMs) -> Vec<(TicketId, Arc<V>)> {
         let mut expired = Vec::new();
-        let gc_after = now + self.policy.tombstone_ttl.as_millis() as u64;
+        let gc_after = now.saturating_add(self.policy.tombstone_ttl.as_millis() as u64);
         self.slots.retain(|id, slot| match slot {
-            Slot::Live(v) if v.is_expired(policy, now) => {
+            Slot::Live(v, hash) if v.is_expired(policy, now) => {
                 expired.push((id.clone(), v.clone()));
+                self.digest.change(id.as_str(), Some(*hash), Some(removed_hash(id.as_str())));
                 *slot = Slot::Removed { gc_after };
                 true
             }
-            Slot::Removed { gc_after } => *gc_after > now,
-            Slot::Live(_) => true,
+            Slot::Removed { gc_after } => {
+                let keep = *gc_after > now;
+                if !keep {
+                    self.digest.change(id.as_str(), Some(removed_hash(id.as_str())), None);
+                }
+                keep
+            }
+            Slot::Live(..) => true,
         });
         expired
     }
@@ -208,7 +242,7 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
         let ids: Vec<TicketId> = self
             .slots
             .iter()
-            .filter(|e| matches!(e.value(), Slot::Live(v) if doomed(v)))
+            .filter(|e| matches!(e.value(), Slot::Live(v, _) if doomed(v)))
             .map(|e| e.key().clone())
             .collect();
         let mut removed = 0;
@@ -219,7 +253,7 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
     }
 
     fn len(&self) -> usize {
-        self.slots.iter().filter(|e| matches!(e.value(), Slot::Live(_))).count()
+        self.slots.iter().filter(|e| matches!(e.value(), Slot::Live(..))).count()
     }
 }
 
@@ -227,25 +261,44 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
 impl<V: Ticket> MapReplica for ReplicatedMap<V> {
     fn apply(&self, op: &Op) {
         match op {
-            Op::Put { id, value, .. } => {
-                let (Ok(id), Some(value)) = (TicketId::parse(id), Self::decode(value)) else { return };
+            Op::Put { id: raw, value: bytes, .. } => {
+                let (Ok(id), Some(value)) = (TicketId::parse(raw), Self::decode(bytes)) else { return };
                 match self.slots.entry(id) {
                     MapEntry::Occupied(mut e) => {
-                        if let Slot::Live(existing) = e.get_mut() {
-                            Arc::make_mut(existing).merge(&value);
+                        if let Slot::Live(existing, hash) = e.get_mut() {
+                            let merged = Arc::make_mut(existing);
+                            merged.merge(&value);
+                            let after =
+                                live_hash(raw, &postcard::to_allocvec(&*merged).expect("tickets always serialise"));
+                            self.digest.change(raw, Some(*hash), Some(after));
+                            *hash = after;
                         }
                     }
                     MapEntry::Vacant(e) => {
-                        e.insert(Slot::Live(Arc::new(value)));
+                        let hash = live_hash(raw, bytes);
+                        self.digest.change(raw, None, Some(hash));
+                        e.insert(Slot::Live(Arc::new(value), hash));
                     }
                 }
             }
-            Op::Remove { id, gc_after, .. } => {
-                let Ok(id) = TicketId::parse(id) else { return };
-                let mut slot = self.slots.entry(id).or_insert(Slot::Removed { gc_after: *gc_after });
-                match &mut *slot {
-                    Slot::Removed { gc_after: g } => *g = (*g).max(*gc_after),
-                    live => *live = Slot::Removed { gc_after: *gc_after },
+            Op::Remove { id: raw, gc_after, .. } => {
+                let Ok(id) = TicketId::parse(raw) else { return };
+                match self.slots.entry(id) {
+                    MapEntry::Vacant(e) => {
+                        self.digest.change(raw, None, Some(removed_hash(raw)));
+                        e.insert(Slot::Removed { gc_after: *gc_after });
+                    }
+                    MapEntry::Occupied(mut e) => {
+                        let slot = e.get_mut();
+                        match slot {
+                            Slot::Removed { gc_after: g } => *g = (*g).max(*gc_after),
+                            Slot::Live(_, before) => {
+                                let before = *before;
+                                self.digest.change(raw, Some(before), Some(removed_hash(raw)));
+                                *slot = Slot::Removed { gc_after: *gc_after };
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -260,24 +313,31 @@ impl<V: Ticket> MapReplica for ReplicatedMap<V> {
         Reply::Consumed(value.map(|v| postcard::to_allocvec(&*v).expect("tickets always serialise")))
     }
 
-    fn snapshot(&self, after: Option<&str>, limit: usize) -> (Vec<Entry>, bool) {
-        let mut ids: Vec<String> =
-            self.slots.iter().map(|e| e.key().to_string()).filter(|id| after.is_none_or(|a| id.as_str() > a)).collect();
-        ids.sort_unstable();
-        let done = ids.len() <= limit;
-        ids.truncate(limit);
-        let entries = ids
-            .into_iter()
-            .filter_map(|raw| {
-                let id = TicketId::parse(&raw).ok()?;
-                let slot = self.slots.get(&id)?;
-                Some(match &*slot {
-                    Slot::Live(v) => Entry::Live { id: raw, value: postcard::to_allocvec(&**v).ok()? },
-                    Slot::Removed { gc_after } => Entry::Removed { id: raw, gc_after: *gc_after },
-                })
+    fn digest(&self) -> Vec<BucketDigest> {
+        self.digest.buckets()
+    }
+
+    fn entries_in(&self, buckets: &[u16]) -> Vec<Entry> {
+        let mut wanted = vec![false; digest::BUCKETS];
+        for &b in buckets {
+            if let Some(w) = wanted.get_mut(usize::from(b)) {
+                *w = true;
+            }
+        }
+        let mut entries: Vec<Entry> = self
+            .slots
+            .iter()
+            .filter(|e| wanted[digest::bucket_of(e.key().as_str())])
+            .map(|e| match e.value() {
+                Slot::Live(v, _) => Entry::Live {
+                    id: e.key().to_string(),
+                    value: postcard::to_allocvec(&**v).expect("tickets always serialise"),
+                },
+                Slot::Removed { gc_after } => Entry::Removed { id: e.key().to_string(), gc_after: *gc_after },
             })
             .collect();
-        (entries, done)
+        entries.sort_unstable_by(|a, b| a.id().cmp(b.id()));
+        entries
     }
 }
 
@@ -286,7 +346,7 @@ mod tests {
     use super::*;
     use crate::cluster::membership::MemberInfo;
     use crate::cluster::replication::ReplicaError;
-    use crate::ticket::{IdGenerator, Origin, Principal, Tgt, TicketKind};
+    use crate::ticket::{IdGenerator, Origin, Principal, Tgt, TgtChange, TicketKind};
 
     /// A cluster of one: every write has one copy, every ticket is this node's.
     struct Alone;
@@ -350,6 +410,49 @@ mod tests {
         b.apply(&remove);
         b.apply(&put);
         assert!(a.get(&id).await.is_none() && b.get(&id).await.is_none());
-        assert_eq!(a.snapshot(None, 10).0, b.snapshot(None, 10).0);
+        assert_eq!(a.entries_in(&digest::all_buckets()), b.entries_in(&digest::all_buckets()));
+        assert_eq!(a.digest(), b.digest());
+    }
+
+    /// The digest a map keeps as it goes equals the digest of what it holds, computed afresh, after every kind of
+    /// change: otherwise anti-entropy would miss differences or fetch forever.
+    #[tokio::test]
+    async fn the_running_digest_matches_the_contents_after_every_kind_of_change() {
+        fn afresh(m: &ReplicatedMap<Tgt>) -> Vec<BucketDigest> {
+            let d = Digest::default();
+            for e in m.entries_in(&digest::all_buckets()) {
+                match &e {
+                    Entry::Live { id, value } => d.change(id, None, Some(live_hash(id, value))),
+                    Entry::Removed { id, .. } => d.change(id, None, Some(removed_hash(id))),
+                }
+            }
+            d.buckets()
+        }
+        let m = map();
+        let ids = IdGenerator::new("n", 1);
+        let kept: Vec<TicketId> = (0..40).map(|_| ids.mint(TicketKind::Tgt)).collect();
+        for (i, id) in kept.iter().enumerate() {
+            m.insert(id, tgt(i as u64)).await.expect("insert");
+        }
+        assert_eq!(m.digest(), afresh(&m), "after inserts");
+        let grant = TgtChange::Granted { ticket: "ST-1".into(), service: "https://a.example".into(), at: 50 };
+        assert!(m.change(&kept[0], grant).await.expect("change"));
+        assert_eq!(m.digest(), afresh(&m), "after a change");
+        let mut other = tgt(1);
+        other.apply(&TgtChange::Granted { ticket: "ST-2".into(), service: "https://b.example".into(), at: 60 });
+        m.apply(&Op::Put { map: 0, id: kept[1].to_string(), value: postcard::to_allocvec(&other).expect("ser") });
+        assert_eq!(m.digest(), afresh(&m), "after a merge");
+        m.take(&kept[2]).await.expect("take");
+        m.take(&ids.mint(TicketKind::Tgt)).await.expect("blind removal");
+        m.apply(&Op::Remove { map: 0, id: kept[3].to_string(), gc_after: 10 });
+        m.apply(&Op::Remove { map: 0, id: ids.mint(TicketKind::Tgt).to_string(), gc_after: 10 });
+        assert_eq!(m.digest(), afresh(&m), "after removals");
+        let expiry = ExpiryPolicy::default();
+        let late = expiry.tgt_max_lifetime.as_millis() as u64 + 100;
+        assert!(!m.sweep(&expiry, late).await.is_empty());
+        assert_eq!(m.digest(), afresh(&m), "after expiry");
+        m.sweep(&expiry, now_ms() + 3_600_000).await;
+        assert_eq!(m.digest(), afresh(&m), "after tombstones were collected");
+        assert!(m.digest().iter().all(|d| d.entries == 0 && d.hash == 0), "an empty map has the empty digest");
     }
 }

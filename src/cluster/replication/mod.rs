@@ -1,10 +1,11 @@
 //! Replication between nodes: persistent TCP links carrying sealed frames, synchronous writes acknowledged by every
-//! member of the view, consumption of one-time tickets forwarded to their owner, and snapshot pulls for state
+//! member of the view, consumption of one-time tickets forwarded to their owner, and digest-driven pulls for state
 //! transfer and anti-entropy. Knows members and bytes; the typed maps live in `registry::replicated`.
 //!
 //! Each node dials every peer for its own requests and answers the peers' requests on the connections they dial,
 //! so each direction is one ordered stream. Requests are pipelined: many in flight per link, matched by id.
 
+pub mod digest;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use self::digest::{BucketDigest, plan_pulls};
 use self::wire::{Entry, Op, Reply, ReplyEnvelope, Request, RequestEnvelope, append_frame, read_frame, write_batch};
 use super::ClusterStatus;
 use super::drops::DropCounters;
@@ -25,10 +27,14 @@ use super::membership::{MemberInfo, MemberStatus};
 use super::seal::{ClusterKey, Opener, Purpose, Sealer};
 use crate::ticket::{Origin, now_ms};
 
-/// Entries per snapshot page: large pages keep a transfer to few round trips, and a page stays far under
-/// `MAX_FRAME_BYTES` (a TGT is a few hundred bytes).
-const SNAPSHOT_PAGE: u32 = 10_000;
+/// Entries asked for in one request when pulling: large pages keep a transfer to few round trips (each costs the
+/// peer one pass over its map), and a page stays far under `MAX_FRAME_BYTES` (a TGT is a few hundred bytes).
+const PULL_PAGE: u32 = 20_000;
+/// How long one pull request (a digest, or a page of entries) may take.
+const PULL_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Past this many requests in flight on one link, the writer drops the waiters that gave up.
+const PENDING_SWEEP_AT: usize = 1024;
 /// Frames queued together are written together, up to this much.
 const BATCH_BYTES: usize = 256 << 10;
 
@@ -39,8 +45,10 @@ pub trait MapReplica: Send + Sync {
     fn apply(&self, op: &Op);
     /// Consumes a one-time ticket this node owns, replicating the removal before answering.
     async fn consume_as_owner(&self, id: &str) -> Reply;
-    /// A page of entries in id order after `after`, tombstones included.
-    fn snapshot(&self, after: Option<&str>, limit: usize) -> (Vec<Entry>, bool);
+    /// The running digest, one per bucket of ids.
+    fn digest(&self) -> Vec<BucketDigest>;
+    /// Every entry in the given buckets, tombstones included, in id order.
+    fn entries_in(&self, buckets: &[u16]) -> Vec<Entry>;
 }
 
 /// What a replicated map needs from the cluster: implemented by [`Replicator`] over real links, and by the
@@ -53,6 +61,12 @@ pub trait Replicas: Send + Sync {
     fn owner(&self, origin: &Origin) -> Owner;
     /// Asks `owner` to consume a one-time ticket.
     async fn forward_consume(&self, owner: &MemberInfo, map: u8, id: &str) -> Result<Option<Vec<u8>>, ReplicaError>;
+}
+
+fn takes_writes(m: &MemberInfo) -> bool {
+    !m.is_self
+        && m.replication_addr.is_some()
+        && matches!(m.status, MemberStatus::Ready | MemberStatus::Joining | MemberStatus::Leaving)
 }
 
 #[async_trait]
@@ -208,21 +222,16 @@ impl Replicator {
     /// Live peers that take writes: every alive member but this node, joining ones included (they must not miss
     /// writes made during their state transfer).
     pub fn peers(&self) -> Vec<MemberInfo> {
-        self.status
-            .borrow()
-            .view()
-            .into_values()
-            .filter(|m| !m.is_self && m.replication_addr.is_some())
-            .filter(|m| matches!(m.status, MemberStatus::Ready | MemberStatus::Joining | MemberStatus::Leaving))
-            .collect()
+        self.status.borrow().live().values().filter(|m| takes_writes(m)).cloned().collect()
     }
 
     pub fn owner(&self, origin: &Origin) -> Owner {
         if origin.node == self.me {
             return if origin.generation == self.generation { Owner::Me } else { Owner::Gone };
         }
-        match self.status.borrow().view().remove(&origin.node) {
-            Some(m) if m.generation == origin.generation && m.replication_addr.is_some() => Owner::Peer(m),
+        let live = self.status.borrow().live();
+        match live.get(&origin.node) {
+            Some(m) if m.generation == origin.generation && m.replication_addr.is_some() => Owner::Peer(m.clone()),
             _ => Owner::Gone,
         }
     }
@@ -246,7 +255,8 @@ impl Replicator {
     /// copies that now exist, this node's included.
     pub async fn replicate(self: &Arc<Self>, op: Op) -> usize {
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
-        let peers = self.peers();
+        let live = self.status.borrow().live();
+        let peers: Vec<&MemberInfo> = live.values().filter(|m| takes_writes(m)).collect();
         let sends = peers.iter().map(|peer| self.request(peer, Request::Apply(op.clone()), self.ack_timeout));
         let started = std::time::Instant::now();
         let results = futures_util::future::join_all(sends).await;
@@ -301,32 +311,26 @@ impl Replicator {
         }
     }
 
-    /// Pulls every map from `peer` and merges it in: state transfer for a joiner, anti-entropy after a heal.
+    /// Pulls from `peer` what differs and merges it in: state transfer for a joiner (everything differs), and
+    /// anti-entropy after a heal (only the buckets whose digests differ). Returns the number of entries merged.
     pub async fn pull_all(self: &Arc<Self>, peer: &MemberInfo) -> Result<u64, ReplicaError> {
         let maps = self.maps.get().map_or(0, Vec::len);
+        let refused = |reply: Reply| ReplicaError::Refused { node: peer.node.clone(), answer: format!("{reply:?}") };
         let mut pulled = 0;
         for map in 0..maps as u8 {
-            let mut after = None;
-            loop {
-                let page = Request::Snapshot { map, after: after.clone(), limit: SNAPSHOT_PAGE };
-                let reply = self.request(peer, page, Duration::from_secs(10)).await?;
-                let Reply::Snapshot { entries, done } = reply else {
-                    return Err(ReplicaError::Refused { node: peer.node.clone(), answer: format!("{reply:?}") });
+            let Some(target) = self.map(map) else { continue };
+            let theirs = match self.request(peer, Request::Digest { map }, PULL_TIMEOUT).await? {
+                Reply::Digest(theirs) => theirs,
+                other => return Err(refused(other)),
+            };
+            for buckets in plan_pulls(&target.digest(), &theirs, PULL_PAGE) {
+                let entries = match self.request(peer, Request::Buckets { map, buckets }, PULL_TIMEOUT).await? {
+                    Reply::Entries(entries) => entries,
+                    other => return Err(refused(other)),
                 };
-                let Some(target) = self.map(map) else { break };
-                for entry in &entries {
-                    let (id, op) = match entry {
-                        Entry::Live { id, value } => (id, Op::Put { map, id: id.clone(), value: value.clone() }),
-                        Entry::Removed { id, gc_after } => {
-                            (id, Op::Remove { map, id: id.clone(), gc_after: *gc_after })
-                        }
-                    };
-                    target.apply(&op);
-                    after = Some(id.clone());
-                }
                 pulled += entries.len() as u64;
-                if done || entries.is_empty() {
-                    break;
+                for entry in entries {
+                    target.apply(&entry.into_op(map));
                 }
             }
         }
@@ -381,7 +385,9 @@ impl Replicator {
             }
         };
         let _ = stream.set_nodelay(true);
-        let (mut reader, mut writer) = stream.into_split();
+        let (reader, mut writer) = stream.into_split();
+        // Buffered, so a reply's length and body (and often the next replies) come in one read.
+        let mut reader = tokio::io::BufReader::with_capacity(64 << 10, reader);
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let (read_pending, opener, drops) = (pending.clone(), self.reply_opener.clone(), self.drops.clone());
         let reader_task = tokio::spawn(async move {
@@ -412,6 +418,10 @@ impl Replicator {
             while let Some((body, reply_tx)) = item {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut p) = pending.lock() {
+                    // Waiters that gave up (timed out) leave their sender behind: sweep them out now and then.
+                    if p.len() >= PENDING_SWEEP_AT && p.len().is_power_of_two() {
+                        p.retain(|_, waiter| !waiter.is_closed());
+                    }
                     p.insert(id, reply_tx);
                 }
                 let payload = postcard::to_allocvec(&RequestEnvelope { id, body }).expect("requests always serialise");
@@ -449,7 +459,7 @@ impl Replicator {
         }
     }
 
-    /// Answers one peer's requests. Writes and snapshot pages are answered in line, in order, and their replies
+    /// Answers one peer's requests. Writes, digests and pages of entries are answered in line, in order, and their replies
     /// leave together once no further request is already buffered (no task hop, one write per burst). A consume
     /// may wait on its own replication, so it runs beside the connection and writes its reply itself.
     async fn serve_connection(self: Arc<Self>, stream: TcpStream, from: SocketAddr) {
@@ -526,11 +536,12 @@ impl Replicator {
                 Some(m) => m.consume_as_owner(&id).await,
                 None => Reply::Error(format!("no map {map}")),
             },
-            Request::Snapshot { map, after, limit } => match self.map(map) {
-                Some(m) => {
-                    let (entries, done) = m.snapshot(after.as_deref(), limit.min(SNAPSHOT_PAGE) as usize);
-                    Reply::Snapshot { entries, done }
-                }
+            Request::Digest { map } => match self.map(map) {
+                Some(m) => Reply::Digest(m.digest()),
+                None => Reply::Error(format!("no map {map}")),
+            },
+            Request::Buckets { map, buckets } => match self.map(map) {
+                Some(m) => Reply::Entries(m.entries_in(&buckets)),
                 None => Reply::Error(format!("no map {map}")),
             },
             Request::Repair => match self.status.borrow().view().remove(from) {

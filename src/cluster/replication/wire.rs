@@ -2,9 +2,11 @@
 //! the postcard encoding of an envelope. Knows maps only by a small number and tickets only as bytes.
 
 use serde::{Deserialize, Serialize};
+
+use super::digest::BucketDigest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Frames larger than this are refused before allocation: a snapshot page stays far below it.
+/// Frames larger than this are refused before allocation: a page of entries stays far below it.
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
 
 /// A change to one entry of one map. Both kinds are joins in a lattice (absent < live < removed), so replicas may
@@ -25,11 +27,14 @@ pub enum Request {
         map: u8,
         id: String,
     },
-    /// A page of a map, in id order, after `after`.
-    Snapshot {
+    /// The map's digest: a hash and a count per bucket of ids.
+    Digest {
         map: u8,
-        after: Option<String>,
-        limit: u32,
+    },
+    /// Every entry, tombstones included, in the given buckets of a map.
+    Buckets {
+        map: u8,
+        buckets: Vec<u16>,
     },
     /// "You missed some of my writes: pull my maps." Sent when the peer is back after missing acknowledgements, so a
     /// cut shorter than failure detection is repaired at once rather than at the next periodic anti-entropy.
@@ -42,6 +47,22 @@ pub enum Entry {
     Removed { id: String, gc_after: u64 },
 }
 
+impl Entry {
+    pub fn id(&self) -> &str {
+        match self {
+            Entry::Live { id, .. } | Entry::Removed { id, .. } => id,
+        }
+    }
+
+    /// The op that merges this entry into a replica.
+    pub fn into_op(self, map: u8) -> Op {
+        match self {
+            Entry::Live { id, value } => Op::Put { map, id, value },
+            Entry::Removed { id, gc_after } => Op::Remove { map, id, gc_after },
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     Applied,
@@ -49,10 +70,9 @@ pub enum Reply {
     Consumed(Option<Vec<u8>>),
     /// This node is not the current owner of the ticket.
     NotOwner,
-    Snapshot {
-        entries: Vec<Entry>,
-        done: bool,
-    },
+    Digest(Vec<BucketDigest>),
+    /// In id order.
+    Entries(Vec<Entry>),
     Error(String),
 }
 
