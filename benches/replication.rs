@@ -95,6 +95,35 @@ async fn ping_pong(writers: usize, total: usize) -> support::Stats {
     .await
 }
 
+/// The floor under a 2-ack write with this runtime on this machine: one client sends 64 bytes to each of two
+/// echo servers at once and waits for both answers. No sealing, no maps: what is left of a replicated write once
+/// every cost of casd itself is taken away.
+async fn fan_out(total: usize) -> support::Stats {
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        let s = TcpStream::connect(&echo_server().await).await.expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        conns.push(Arc::new(tokio::sync::Mutex::new(s)));
+    }
+    let conns = Arc::new(conns);
+    run(1, total, move |_| {
+        let conns = conns.clone();
+        async move {
+            let exchange = |c: Arc<tokio::sync::Mutex<TcpStream>>| async move {
+                let mut s = c.lock().await;
+                s.write_all(&[7u8; 64]).await.expect("write");
+                let mut buf = [0u8; 64];
+                s.read_exact(&mut buf).await.expect("read");
+            };
+            // Each exchange in its own task, as a link is: the two peers are served in parallel.
+            let (a, b) = (tokio::spawn(exchange(conns[0].clone())), tokio::spawn(exchange(conns[1].clone())));
+            a.await.expect("a");
+            b.await.expect("b");
+        }
+    })
+    .await
+}
+
 fn principal() -> Principal {
     let attributes = [
         ("mail".to_owned(), vec!["casuser@example.org".to_owned()]),
@@ -230,6 +259,8 @@ fn main() {
         println!("|---|---:|---:|---:|---:|");
         let pp1 = ping_pong(1, writes / 4).await;
         pp1.row("TCP ping-pong, 1 client");
+        let fan = fan_out(writes / 4).await;
+        fan.row("TCP fan-out to 2 echo servers (the 2-ack floor), 1 client");
         let pp32 = ping_pong(32, writes).await;
         pp32.row("TCP ping-pong, 32 clients");
 
@@ -252,6 +283,11 @@ fn main() {
         }
         println!();
         println!("single replicated write p50 / ping-pong p50: {:.2}x (target <= 2x)", w1.p50.as_secs_f64() / pp1.p50.as_secs_f64());
+        println!(
+            "fan-out floor p50 / ping-pong p50: {:.2}x; replicated write p50 / fan-out floor p50: {:.2}x",
+            fan.p50.as_secs_f64() / pp1.p50.as_secs_f64(),
+            w1.p50.as_secs_f64() / fan.p50.as_secs_f64()
+        );
         if let Some(r) = &redis {
             println!(
                 "32-writer throughput casd / Redis: {:.2}x (target >= 1x)",
@@ -274,10 +310,15 @@ fn main() {
         let took = t.elapsed();
         assert_eq!(joiner.registry().sizes()[0].1, 100_000);
         println!("state transfer: a joiner started and held 100,000 TGTs after {took:.2?} (includes finding the peer by gossip)");
+        let transfer = joiner.state_transfer().expect("the joiner made a state transfer");
+        println!(
+            "state transfer alone: {} entries pulled and merged in {:.2?} (target < 2 s)",
+            transfer.entries, transfer.took
+        );
         let peer = joiner.replicator().expect("r").peers().into_iter().next().expect("peer");
         let t = Instant::now();
         let pulled = joiner.replicator().expect("r").pull_all(&peer).await.expect("pull");
-        println!("state transfer alone: {pulled} entries pulled and merged in {:.2?} (target < 2 s)", t.elapsed());
+        println!("anti-entropy between two nodes holding the same 100,000 TGTs: {pulled} entries pulled, {:.2?}", t.elapsed());
         joiner.crash().await;
         first.crash().await;
 

@@ -48,6 +48,16 @@ pub struct NodeHandle {
     cluster: Option<ClusterHandle>,
     replicator: Option<Arc<Replicator>>,
     tls: Option<Arc<TlsReloader>>,
+    state_transfer: Option<StateTransfer>,
+}
+
+/// The state transfer a node made before it reported ready.
+#[derive(Clone, Debug)]
+pub struct StateTransfer {
+    pub from: String,
+    pub entries: u64,
+    /// The pull alone, without the wait to find a ready peer.
+    pub took: std::time::Duration,
 }
 
 async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
@@ -69,6 +79,7 @@ impl Node {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
+        let mut state_transfer = None;
         let (cluster, replicator, maps) = match (&config.cluster, config.cluster_key()?) {
             (Some(c), Some(key)) => {
                 let (repl_listener, repl_addr) = bind(c.replication_addr).await?;
@@ -89,7 +100,7 @@ impl Node {
                 });
                 let maps = Maps::replicated(&replicator, &config.tickets.policy(), c.min_copies);
                 tasks.push(tokio::spawn(replicator.clone().serve(repl_listener)));
-                transfer_state(&cluster, &replicator, c).await;
+                state_transfer = transfer_state(&cluster, &replicator, c).await;
                 cluster.set_status(MemberStatus::Ready).await;
                 tasks.push(tokio::spawn(anti_entropy(
                     replicator.clone(),
@@ -133,33 +144,49 @@ impl Node {
             stopped,
         )));
         tracing::info!(%addr, base_path = %config.http.base_path, node = %config.node.name, "casd node started");
-        Ok(NodeHandle { addr, base_path: config.http.base_path.clone(), app, stop, tasks, cluster, replicator, tls })
+        Ok(NodeHandle {
+            addr,
+            base_path: config.http.base_path.clone(),
+            app,
+            stop,
+            tasks,
+            cluster,
+            replicator,
+            tls,
+            state_transfer,
+        })
     }
 }
 
 /// Waits (at most `join_timeout`) for a ready peer and copies every map from it. A node that sees no ready peer
 /// is the first of its cluster and starts empty.
-async fn transfer_state(cluster: &ClusterHandle, replicator: &Arc<Replicator>, c: &ClusterConfig) {
+async fn transfer_state(
+    cluster: &ClusterHandle,
+    replicator: &Arc<Replicator>,
+    c: &ClusterConfig,
+) -> Option<StateTransfer> {
     // With no seeds and no multicast this node cannot find anyone: it is the first, others will find it.
     if c.seeds.is_empty() && !c.multicast.enabled {
-        return;
+        return None;
     }
     let deadline = tokio::time::Instant::now() + c.join_timeout;
     let mut status = cluster.status();
     loop {
         let ready: Vec<MemberInfo> = ready_peers(&status.borrow());
         for peer in &ready {
+            let started = std::time::Instant::now();
             match replicator.pull_all(peer).await {
-                Ok(n) => {
-                    tracing::info!(from = %peer.node, entries = n, "state transfer done");
-                    return;
+                Ok(entries) => {
+                    let took = started.elapsed();
+                    tracing::info!(from = %peer.node, entries, took_ms = took.as_millis() as u64, "state transfer done");
+                    return Some(StateTransfer { from: peer.node.clone(), entries, took });
                 }
                 Err(e) => tracing::warn!(from = %peer.node, error = %e, "state transfer failed; trying another peer"),
             }
         }
         if tokio::time::timeout_at(deadline, status.changed()).await.is_err() {
             tracing::info!("no ready peer seen: starting as the first node of the cluster");
-            return;
+            return None;
         }
     }
 }
@@ -295,6 +322,11 @@ impl NodeHandle {
     /// The cluster membership, when the node runs in a cluster.
     pub fn cluster(&self) -> Option<&ClusterHandle> {
         self.cluster.as_ref()
+    }
+
+    /// The state transfer this node made when it joined: none for a single node or the first of a cluster.
+    pub fn state_transfer(&self) -> Option<&StateTransfer> {
+        self.state_transfer.as_ref()
     }
 
     /// The replication service, when the node runs in a cluster.
