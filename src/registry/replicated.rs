@@ -33,6 +33,19 @@ enum Slot<V> {
     },
 }
 
+/// A slot with its digest bucket, kept beside it so that serving a page of buckets scans the table alone: hashing
+/// every id again meant a cache miss per entry, which was most of a state transfer's time.
+struct Held<V> {
+    bucket: u16,
+    slot: Slot<V>,
+}
+
+impl<V> Held<V> {
+    fn new(id: &str, slot: Slot<V>) -> Self {
+        Self { bucket: digest::bucket_of(id) as u16, slot }
+    }
+}
+
 impl<V> Slot<V> {
     fn hash(&self, id: &TicketId) -> u64 {
         match self {
@@ -57,7 +70,7 @@ pub struct MapPolicy {
 
 pub struct ReplicatedMap<V> {
     policy: MapPolicy,
-    slots: DashMap<TicketId, Slot<V>>,
+    slots: DashMap<TicketId, Held<V>>,
     /// Kept in step with `slots`: every change of a slot is reported while the slot is locked.
     digest: Digest,
     replicator: Arc<dyn Replicas>,
@@ -85,7 +98,8 @@ impl<V: Ticket> ReplicatedMap<V> {
     /// (`remove_unknown`, bounded), so made-up ticket ids cannot fill the map with tombstones.
     fn tombstone(&self, id: &TicketId) -> Option<(Arc<V>, Op)> {
         let (op, gc_after) = self.remove_op(id);
-        let mut slot = self.slots.get_mut(id)?;
+        let mut held = self.slots.get_mut(id)?;
+        let slot = &mut held.slot;
         if !matches!(*slot, Slot::Live(..)) {
             return None;
         }
@@ -117,7 +131,7 @@ impl<V: Ticket> ReplicatedMap<V> {
         let inserted = match self.slots.entry(id.clone()) {
             MapEntry::Vacant(e) => {
                 self.digest.change(id.as_str(), None, Some(removed_hash(id.as_str())));
-                e.insert(Slot::Removed { gc_after });
+                e.insert(Held::new(id.as_str(), Slot::Removed { gc_after }));
                 true
             }
             MapEntry::Occupied(_) => false,
@@ -148,9 +162,9 @@ impl<V: Ticket> ReplicatedMap<V> {
 impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
     async fn insert(&self, id: &TicketId, value: V) -> Result<(), MapError> {
         let (op, hash) = self.put_op(id, &value);
-        let before = self.slots.insert(id.clone(), Slot::Live(Arc::new(value), hash));
+        let before = self.slots.insert(id.clone(), Held::new(id.as_str(), Slot::Live(Arc::new(value), hash)));
         // Outside the slot's lock, but each replaced state is reported exactly once, and XOR does not mind order.
-        self.digest.change(id.as_str(), before.map(|b| b.hash(id)), Some(hash));
+        self.digest.change(id.as_str(), before.map(|b| b.slot.hash(id)), Some(hash));
         let copies = self.replicator.replicate(op).await;
         if copies < self.policy.min_copies {
             // Too fragile to hand out: withdraw it everywhere it reached.
@@ -161,7 +175,7 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
     }
 
     async fn get(&self, id: &TicketId) -> Option<Arc<V>> {
-        match self.slots.get(id).as_deref() {
+        match self.slots.get(id).as_deref().map(|h| &h.slot) {
             Some(Slot::Live(v, _)) => Some(v.clone()),
             _ => None,
         }
@@ -197,7 +211,7 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
 
     async fn change(&self, id: &TicketId, change: V::Change) -> Result<bool, MapError> {
         let op = match self.slots.get_mut(id) {
-            Some(mut slot) => match &mut *slot {
+            Some(mut held) => match &mut held.slot {
                 Slot::Live(v, hash) => {
                     let v = Arc::make_mut(v);
                     v.apply(&change);
@@ -219,11 +233,11 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
     async fn sweep(&self, policy: &ExpiryPolicy, now: EpochMs) -> Vec<(TicketId, Arc<V>)> {
         let mut expired = Vec::new();
         let gc_after = now.saturating_add(self.policy.tombstone_ttl.as_millis() as u64);
-        self.slots.retain(|id, slot| match slot {
+        self.slots.retain(|id, held| match &mut held.slot {
             Slot::Live(v, hash) if v.is_expired(policy, now) => {
                 expired.push((id.clone(), v.clone()));
                 self.digest.change(id.as_str(), Some(*hash), Some(removed_hash(id.as_str())));
-                *slot = Slot::Removed { gc_after };
+                held.slot = Slot::Removed { gc_after };
                 true
             }
             Slot::Removed { gc_after } => {
@@ -242,7 +256,7 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
         let ids: Vec<TicketId> = self
             .slots
             .iter()
-            .filter(|e| matches!(e.value(), Slot::Live(v, _) if doomed(v)))
+            .filter(|e| matches!(&e.value().slot, Slot::Live(v, _) if doomed(v)))
             .map(|e| e.key().clone())
             .collect();
         let mut removed = 0;
@@ -253,7 +267,7 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
     }
 
     fn len(&self) -> usize {
-        self.slots.iter().filter(|e| matches!(e.value(), Slot::Live(..))).count()
+        self.slots.iter().filter(|e| matches!(e.value().slot, Slot::Live(..))).count()
     }
 }
 
@@ -265,7 +279,7 @@ impl<V: Ticket> MapReplica for ReplicatedMap<V> {
                 let (Ok(id), Some(value)) = (TicketId::parse(raw), Self::decode(bytes)) else { return };
                 match self.slots.entry(id) {
                     MapEntry::Occupied(mut e) => {
-                        if let Slot::Live(existing, hash) = e.get_mut() {
+                        if let Slot::Live(existing, hash) = &mut e.get_mut().slot {
                             let merged = Arc::make_mut(existing);
                             merged.merge(&value);
                             let after =
@@ -277,7 +291,7 @@ impl<V: Ticket> MapReplica for ReplicatedMap<V> {
                     MapEntry::Vacant(e) => {
                         let hash = live_hash(raw, bytes);
                         self.digest.change(raw, None, Some(hash));
-                        e.insert(Slot::Live(Arc::new(value), hash));
+                        e.insert(Held::new(raw, Slot::Live(Arc::new(value), hash)));
                     }
                 }
             }
@@ -286,10 +300,10 @@ impl<V: Ticket> MapReplica for ReplicatedMap<V> {
                 match self.slots.entry(id) {
                     MapEntry::Vacant(e) => {
                         self.digest.change(raw, None, Some(removed_hash(raw)));
-                        e.insert(Slot::Removed { gc_after: *gc_after });
+                        e.insert(Held::new(raw, Slot::Removed { gc_after: *gc_after }));
                     }
                     MapEntry::Occupied(mut e) => {
-                        let slot = e.get_mut();
+                        let slot = &mut e.get_mut().slot;
                         match slot {
                             Slot::Removed { gc_after: g } => *g = (*g).max(*gc_after),
                             Slot::Live(_, before) => {
@@ -327,8 +341,8 @@ impl<V: Ticket> MapReplica for ReplicatedMap<V> {
         let mut entries: Vec<Entry> = self
             .slots
             .iter()
-            .filter(|e| wanted[digest::bucket_of(e.key().as_str())])
-            .map(|e| match e.value() {
+            .filter(|e| wanted[usize::from(e.value().bucket)])
+            .map(|e| match &e.value().slot {
                 Slot::Live(v, _) => Entry::Live {
                     id: e.key().to_string(),
                     value: postcard::to_allocvec(&**v).expect("tickets always serialise"),

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -29,7 +30,7 @@ use crate::ticket::{Origin, now_ms};
 
 /// Entries asked for in one request when pulling: large pages keep a transfer to few round trips (each costs the
 /// peer one pass over its map), and a page stays far under `MAX_FRAME_BYTES` (a TGT is a few hundred bytes).
-const PULL_PAGE: u32 = 20_000;
+const PULL_PAGE: u32 = 10_000;
 /// How long one pull request (a digest, or a page of entries) may take.
 const PULL_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -323,8 +324,12 @@ impl Replicator {
                 Reply::Digest(theirs) => theirs,
                 other => return Err(refused(other)),
             };
-            for buckets in plan_pulls(&target.digest(), &theirs, PULL_PAGE) {
-                let entries = match self.request(peer, Request::Buckets { map, buckets }, PULL_TIMEOUT).await? {
+            // Two pages in flight: the peer gathers the next page while this node merges the last one.
+            let mut pages = futures_util::stream::iter(plan_pulls(&target.digest(), &theirs, PULL_PAGE))
+                .map(|buckets| self.request(peer, Request::Buckets { map, buckets }, PULL_TIMEOUT))
+                .buffered(2);
+            while let Some(reply) = pages.next().await {
+                let entries = match reply? {
                     Reply::Entries(entries) => entries,
                     other => return Err(refused(other)),
                 };
