@@ -207,6 +207,12 @@ async fn a_joiner_holds_every_session_before_it_is_ready() {
     let joiner = node("n2", &key, seed, 2, |_| {}).await;
     println!("joiner ready with a copy of 10,000 sessions after {:?}", started.elapsed());
     assert_eq!(joiner.registry().sizes()[0].1, 10_000, "every TGT is there when start returns (ready)");
+    assert_eq!(joiner.state_transfer().map(|t| t.entries), Some(10_000), "all of it came by state transfer");
+    // Anti-entropy between the two now exchanges digests and finds nothing to fetch: the digests the two nodes
+    // keep as they go agree, though one built its map from logins and the other from pulled pages.
+    let replicator = joiner.replicator().expect("clustered");
+    let peer = replicator.peers().into_iter().find(|m| m.node == "n1").expect("n1 in the view");
+    assert_eq!(replicator.pull_all(&peer).await, Ok(0), "equal maps: nothing is pulled");
     wait_until(Duration::from_secs(5), "the joiner to be published as ready", || async {
         ready_view(&first).contains(&"n2".to_string())
     })
