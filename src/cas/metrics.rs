@@ -138,7 +138,12 @@ pub fn render(app: &AppState) -> String {
             "One-time tickets forwarded to their owner.",
         );
         let _ = writeln!(out, "casd_replication_forwarded_consumes_total {}", r.forwarded_consumes);
-        family(&mut out, "replication_entries_pulled_total", "counter", "Entries merged from peers' snapshots.");
+        family(
+            &mut out,
+            "replication_entries_pulled_total",
+            "counter",
+            "Entries merged from pulls from peers (state transfer and anti-entropy).",
+        );
         let _ = writeln!(out, "casd_replication_entries_pulled_total {}", r.entries_pulled);
     }
     out
