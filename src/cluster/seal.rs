@@ -18,9 +18,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hkdf::Hkdf;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use sha2::Sha256;
 
 use crate::ticket::EpochMs;
@@ -110,7 +109,12 @@ pub enum SealError {
     Stale { skew_ms: u64 },
 }
 
-fn derive(key: &ClusterKey, cluster_id: &str, purpose: Purpose, sender: &str, boot_id: &[u8; 16]) -> ChaCha20Poly1305 {
+/// The AEAD of every frame: ChaCha20-Poly1305 (RFC 8439) as `ring` implements it. The `chacha20poly1305` crate
+/// computes the same bytes, but its AVX2 Poly1305 costs about 1.4 us of set-up per message: 2.3 us against ring's
+/// 0.4 us for a 420-byte frame on this project's machine, and a replicated write seals and opens eight frames.
+type Cipher = LessSafeKey;
+
+fn derive(key: &ClusterKey, cluster_id: &str, purpose: Purpose, sender: &str, boot_id: &[u8; 16]) -> Cipher {
     let hk = Hkdf::<Sha256>::new(Some(cluster_id.as_bytes()), &key.0);
     let mut info = Vec::with_capacity(32 + sender.len());
     info.extend_from_slice(b"casd seal v1");
@@ -120,13 +124,15 @@ fn derive(key: &ClusterKey, cluster_id: &str, purpose: Purpose, sender: &str, bo
     info.extend_from_slice(boot_id);
     let mut okm = [0u8; 32];
     hk.expand(&info, &mut okm).expect("32 bytes is a valid HKDF-SHA256 output length");
-    ChaCha20Poly1305::new(Key::from_slice(&okm))
+    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &okm).expect("a 32-byte key is a valid ChaCha20 key"))
 }
 
+/// The nonce of frame `counter`: unique under its key, since each key is one sender's in one boot and the counter
+/// only rises.
 fn nonce(counter: u64) -> Nonce {
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&counter.to_be_bytes());
-    *Nonce::from_slice(&n)
+    Nonce::assume_unique_for_key(n)
 }
 
 /// Seals frames sent by this node in this boot.
@@ -135,7 +141,7 @@ pub struct Sealer {
     boot_id: [u8; 16],
     boot_ms: EpochMs,
     counter: AtomicU64,
-    ciphers: HashMap<Purpose, ChaCha20Poly1305>,
+    ciphers: HashMap<Purpose, Cipher>,
 }
 
 impl Sealer {
@@ -171,10 +177,12 @@ impl Sealer {
         frame.extend_from_slice(&counter.to_be_bytes());
         let cipher = &self.ciphers[&purpose];
         let aad = [frame.as_slice(), recipient.as_bytes()].concat();
-        let sealed = cipher
-            .encrypt(&nonce(counter), Payload { msg: payload, aad: &aad })
-            .expect("ChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
-        frame.extend_from_slice(&sealed);
+        let header_len = frame.len();
+        frame.extend_from_slice(payload);
+        let tag = cipher
+            .seal_in_place_separate_tag(nonce(counter), Aad::from(&aad), &mut frame[header_len..])
+            .expect("ChaCha20-Poly1305 sealing fails only past 256 GiB per frame");
+        frame.extend_from_slice(tag.as_ref());
         frame
     }
 }
@@ -250,7 +258,7 @@ impl ReplayWindow {
 }
 
 struct PeerBoot {
-    cipher: ChaCha20Poly1305,
+    cipher: Cipher,
     window: ReplayWindow,
 }
 
@@ -302,10 +310,13 @@ impl Opener {
             window: ReplayWindow::default(),
         });
         let aad = [&frame[..h.len], self.recipient.as_bytes()].concat();
-        let payload = boot
-            .cipher
-            .decrypt(&nonce(h.counter), Payload { msg: &frame[h.len..], aad: &aad })
-            .map_err(|_| SealError::BadTag);
+        let mut payload = frame[h.len..].to_vec();
+        let opened = boot.cipher.open_in_place(nonce(h.counter), Aad::from(&aad), &mut payload).map(|p| p.len());
+        let payload = opened.map(|len| {
+            payload.truncate(len);
+            payload
+        });
+        let payload = payload.map_err(|_| SealError::BadTag);
         let payload = match payload {
             Ok(p) => p,
             Err(e) => {
