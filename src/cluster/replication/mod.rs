@@ -6,6 +6,7 @@
 //! so each direction is one ordered stream. Requests are pipelined: many in flight per link, matched by id.
 
 pub mod digest;
+mod link;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -18,9 +19,10 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OnceCell, watch};
 
 use self::digest::{BucketDigest, plan_pulls};
+use self::link::{Link, OpenReply};
 use self::wire::{Entry, Op, Reply, ReplyEnvelope, Request, RequestEnvelope, append_frame, read_frame, write_batch};
 use super::ClusterStatus;
 use super::drops::DropCounters;
@@ -34,9 +36,7 @@ const PULL_PAGE: u32 = 10_000;
 /// How long one pull request (a digest, or a page of entries) may take.
 const PULL_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Past this many requests in flight on one link, the writer drops the waiters that gave up.
-const PENDING_SWEEP_AT: usize = 1024;
-/// Frames queued together are written together, up to this much.
+/// Replies ready together are written together, up to this much.
 const BATCH_BYTES: usize = 256 << 10;
 
 /// What replication needs from one map on this node.
@@ -126,12 +126,10 @@ pub struct ReplicationCounts {
     pub entries_pulled: u64,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Reply>>>>;
-
-/// An outgoing link to one peer in one generation: a writer task fed by `tx` and a reader task matching replies.
-struct Link {
+/// The link to one peer in one generation, once dialled.
+struct LinkSlot {
     generation: u64,
-    tx: mpsc::Sender<(Request, oneshot::Sender<Reply>)>,
+    link: OnceCell<Arc<Link>>,
 }
 
 pub struct Replicator {
@@ -140,7 +138,7 @@ pub struct Replicator {
     sealer: Arc<Sealer>,
     status: watch::Receiver<ClusterStatus>,
     maps: OnceLock<Vec<Arc<dyn MapReplica>>>,
-    links: Mutex<HashMap<String, Arc<Link>>>,
+    links: Mutex<HashMap<String, Arc<LinkSlot>>>,
     /// Shared by every connection, so a frame replayed on a new connection is still caught.
     request_opener: Mutex<Opener>,
     reply_opener: Arc<Mutex<Opener>>,
@@ -349,105 +347,68 @@ impl Replicator {
         body: Request,
         timeout: Duration,
     ) -> Result<Reply, ReplicaError> {
-        let link = self.link(peer).ok_or_else(|| ReplicaError::LinkDown { node: peer.node.clone() })?;
-        let (reply_tx, reply_rx) = oneshot::channel();
         let down = || ReplicaError::LinkDown { node: peer.node.clone() };
-        link.tx.send((body, reply_tx)).await.map_err(|_| down())?;
-        match tokio::time::timeout(timeout, reply_rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(down()),
-            Err(_) => Err(ReplicaError::Timeout { node: peer.node.clone() }),
-        }
+        let exchange = async {
+            let link = self.link(peer).await.ok_or_else(down)?;
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let payload = postcard::to_allocvec(&RequestEnvelope { id, body }).expect("requests always serialise");
+            let mut framed = Vec::new();
+            append_frame(&mut framed, &self.sealer.seal_to(Purpose::Replication, &peer.node, &payload, now_ms()))
+                .map_err(|_| down())?;
+            link.call(id, &framed).await.map_err(|_| down())
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err(ReplicaError::Timeout { node: peer.node.clone() }))
     }
 
-    /// The live link to `peer`, dialling a new one when there is none or the peer restarted.
-    fn link(self: &Arc<Self>, peer: &MemberInfo) -> Option<Arc<Link>> {
+    /// The open link to `peer`, dialling a new one when there is none, it broke, or the peer restarted. Callers
+    /// that arrive while a dial is under way wait for that dial.
+    async fn link(self: &Arc<Self>, peer: &MemberInfo) -> Option<Arc<Link>> {
         let addr: SocketAddr = peer.replication_addr.as_deref()?.parse().ok()?;
-        let mut links = self.links.lock().ok()?;
-        if let Some(link) = links.get(&peer.node) {
-            if link.generation == peer.generation && !link.tx.is_closed() {
-                return Some(link.clone());
+        let slot = {
+            let mut links = self.links.lock().ok()?;
+            let usable = |s: &LinkSlot| s.generation == peer.generation && !s.link.get().is_some_and(|l| l.is_closed());
+            match links.get(&peer.node).filter(|s| usable(s)) {
+                Some(slot) => slot.clone(),
+                None => {
+                    let slot = Arc::new(LinkSlot { generation: peer.generation, link: OnceCell::new() });
+                    let replaced = links.insert(peer.node.clone(), slot.clone());
+                    if let Some(old) = replaced.as_ref().and_then(|s| s.link.get()) {
+                        old.close();
+                    }
+                    slot
+                }
             }
-        }
-        let (tx, rx) = mpsc::channel(1024);
-        let link = Arc::new(Link { generation: peer.generation, tx });
-        links.insert(peer.node.clone(), link.clone());
-        tokio::spawn(self.clone().run_link(peer.node.clone(), addr, rx));
-        Some(link)
+        };
+        slot.link.get_or_try_init(|| self.dial(addr)).await.ok().cloned()
     }
 
-    async fn run_link(
-        self: Arc<Self>,
-        node: String,
-        addr: SocketAddr,
-        mut rx: mpsc::Receiver<(Request, oneshot::Sender<Reply>)>,
-    ) {
+    async fn dial(self: &Arc<Self>, addr: SocketAddr) -> Result<Arc<Link>, ()> {
+        if *self.stopped.borrow() {
+            return Err(());
+        }
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             other => {
-                tracing::debug!(peer = %node, %addr, outcome = ?other.map(|r| r.err()), "replication link not established");
-                return;
+                tracing::debug!(%addr, outcome = ?other.map(|r| r.err()), "replication link not established");
+                return Err(());
             }
         };
-        let _ = stream.set_nodelay(true);
-        let (reader, mut writer) = stream.into_split();
-        // Buffered, so a reply's length and body (and often the next replies) come in one read.
-        let mut reader = tokio::io::BufReader::with_capacity(64 << 10, reader);
-        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
-        let (read_pending, opener, drops) = (pending.clone(), self.reply_opener.clone(), self.drops.clone());
-        let reader_task = tokio::spawn(async move {
-            while let Ok(frame) = read_frame(&mut reader).await {
-                let opened = opener
-                    .lock()
-                    .map_err(|_| ())
-                    .and_then(|mut o| o.open(&frame, now_ms()).map_err(|e| drops.record(&e, addr)));
-                let Ok(opened) = opened else { continue };
-                let Ok(reply) = postcard::from_bytes::<ReplyEnvelope>(&opened.payload) else {
-                    drops.malformed.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                let waiter = read_pending.lock().ok().and_then(|mut p| p.remove(&reply.id));
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(reply.body);
-                }
+        let (opener, drops) = (self.reply_opener.clone(), self.drops.clone());
+        let open: OpenReply = Box::new(move |frame| {
+            let opened = opener
+                .lock()
+                .map_err(|_| ())
+                .and_then(|mut o| o.open(frame, now_ms()).map_err(|e| drops.record(&e, addr)))
+                .ok()?;
+            let reply = postcard::from_bytes::<ReplyEnvelope>(&opened.payload);
+            if reply.is_err() {
+                drops.malformed.fetch_add(1, Ordering::Relaxed);
             }
+            reply.ok()
         });
-        let mut stopped = self.stopped.clone();
-        loop {
-            let next = tokio::select! {
-                next = rx.recv() => next,
-                _ = async { let _ = stopped.wait_for(|s| *s).await; } => None,
-            };
-            let mut batch = Vec::new();
-            let mut item = next;
-            while let Some((body, reply_tx)) = item {
-                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut p) = pending.lock() {
-                    // Waiters that gave up (timed out) leave their sender behind: sweep them out now and then.
-                    if p.len() >= PENDING_SWEEP_AT && p.len().is_power_of_two() {
-                        p.retain(|_, waiter| !waiter.is_closed());
-                    }
-                    p.insert(id, reply_tx);
-                }
-                let payload = postcard::to_allocvec(&RequestEnvelope { id, body }).expect("requests always serialise");
-                let frame = self.sealer.seal_to(Purpose::Replication, &node, &payload, now_ms());
-                if append_frame(&mut batch, &frame).is_err() || batch.len() > BATCH_BYTES {
-                    break;
-                }
-                item = rx.try_recv().ok();
-            }
-            if batch.is_empty() {
-                break;
-            }
-            if reader_task.is_finished() || write_batch(&mut writer, &batch).await.is_err() {
-                break;
-            }
-        }
-        // Dropping the pending senders fails every waiting request at once.
-        reader_task.abort();
-        if let Ok(mut p) = pending.lock() {
-            p.clear();
-        }
+        Ok(Link::start(stream, open, self.stopped.clone()))
     }
 
     /// Answers the peers' requests until the node stops.
