@@ -7,7 +7,8 @@
 //! 4. state transfer of 100,000 tickets to a joiner, and memory per stored TGT with 1,000,000 TGTs.
 //!
 //! `cargo bench --bench replication`. Prints a Markdown table; never run as a test. Env: CASD_BENCH_WRITES
-//! (default 20000), CASD_BENCH_TGTS (default 1000000).
+//! (default 20000), CASD_BENCH_TGTS (default 1000000), CASD_BENCH_ONE_THREAD (set: every node and client on one
+//! runtime thread, so each figure is the CPU cost of the operation rather than its latency on two cores).
 
 #[path = "support.rs"]
 mod support;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use casd::NodeHandle;
-use casd::cluster::seal::ClusterKey;
+use casd::cluster::seal::{ClusterKey, Opener, Purpose, Sealer};
 use casd::ticket::{Principal, now_ms};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -122,6 +123,24 @@ async fn fan_out(total: usize) -> support::Stats {
         }
     })
     .await
+}
+
+/// The time to seal and to open one frame of `len` bytes, the size of a replicated TGT write: a write seals and
+/// opens four of them on its critical path (two requests, two acknowledgements).
+fn seal_and_open(len: usize) -> (Duration, Duration) {
+    let key = ClusterKey::generate();
+    let sealer = Sealer::new(&key, "bench", "a", now_ms());
+    let mut opener = Opener::for_recipient(&key, "bench", Purpose::Replication, "b");
+    let payload = vec![7u8; len];
+    let n = 50_000;
+    let t = Instant::now();
+    let frames: Vec<Vec<u8>> = (0..n).map(|_| sealer.seal_to(Purpose::Replication, "b", &payload, now_ms())).collect();
+    let seal = t.elapsed() / n;
+    let t = Instant::now();
+    for f in &frames {
+        opener.open(f, now_ms()).expect("opens");
+    }
+    (seal, t.elapsed() / n)
 }
 
 fn principal() -> Principal {
@@ -251,10 +270,19 @@ fn rss_bytes() -> u64 {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    // On one thread every phase runs serially, so its time is its whole CPU cost: how a write's cost compares with
+    // a round trip's, apart from what two cores can overlap.
+    let one_thread = std::env::var_os("CASD_BENCH_ONE_THREAD").is_some();
+    let runtime = if one_thread {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime")
+    };
     runtime.block_on(async {
         let writes = env_usize("CASD_BENCH_WRITES", 20_000);
-        println!("\n## casd replication on loopback ({} cores)\n", std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = if one_thread { "one runtime thread".to_owned() } else { format!("{cores} cores") };
+        println!("\n## casd replication on loopback ({threads})\n");
         println!("| operation | ops | ops/s | p50 | p99 |");
         println!("|---|---:|---:|---:|---:|");
         let pp1 = ping_pong(1, writes / 4).await;
@@ -288,12 +316,18 @@ fn main() {
             fan.p50.as_secs_f64() / pp1.p50.as_secs_f64(),
             w1.p50.as_secs_f64() / fan.p50.as_secs_f64()
         );
+        let (seal, open) = seal_and_open(420);
+        println!("seal / open of one 420-byte replication frame: {seal:.1?} / {open:.1?}");
         if let Some(r) = &redis {
             println!(
                 "32-writer throughput casd / Redis: {:.2}x (target >= 1x)",
                 (w32.ops as f64 / w32.elapsed.as_secs_f64()) / (r.ops as f64 / r.elapsed.as_secs_f64())
             );
         }
+        // A write that missed an acknowledgement waited out `ack_timeout` and reached fewer copies: it would make
+        // the figures above meaningless, so say how many there were.
+        let missed = nodes[0].replicator().expect("replicator").counts().ack_failures;
+        println!("acknowledgements missed during the measured writes: {missed}");
         for n in nodes {
             n.crash().await;
         }
