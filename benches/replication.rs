@@ -125,6 +125,101 @@ async fn fan_out(total: usize) -> support::Stats {
     .await
 }
 
+/// A child process killed when dropped: the peers and the echo server of the separate-process phase.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+/// Run as a child (`CASD_BENCH_ECHO_SERVER` set): the echo server in a process of its own, printing its address.
+fn echo_server_process() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        println!("{}", echo_server().await);
+        std::future::pending::<()>().await;
+    });
+}
+
+/// The ping-pong with the echo server in another process, as the peers of the separate-process phase are.
+async fn ping_pong_across_processes(total: usize) -> support::Stats {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().expect("this bench's path");
+    let mut child = Command::new(exe)
+        .env("CASD_BENCH_ECHO_SERVER", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the echo server process");
+    let mut addr = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut addr).expect("its address");
+    let _server = Killed(child);
+    let s = TcpStream::connect(addr.trim()).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let conn = Arc::new(tokio::sync::Mutex::new(s));
+    run(1, total, move |_| {
+        let conn = conn.clone();
+        async move {
+            let mut s = conn.lock().await;
+            s.write_all(&[7u8; 64]).await.expect("write");
+            let mut buf = [0u8; 64];
+            s.read_exact(&mut buf).await.expect("read");
+        }
+    })
+    .await
+}
+
+/// A 3-node cluster whose writer is in this process and whose two peers are `casd serve` processes, as nodes of a
+/// real cluster are: the peers' work is scheduled by the kernel beside the writer's instead of sharing its runtime.
+async fn cluster_with_peer_processes() -> (NodeHandle, Vec<Killed>, std::path::PathBuf) {
+    let key = ClusterKey::generate();
+    let writer = support::node("w1", Some(&key), vec![], 3).await;
+    let seed = writer.cluster().expect("clustered").gossip_addr().to_string();
+    let dir = std::env::temp_dir().join(format!("casd-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let peers = (2..=3)
+        .map(|i| {
+            let config = format!(
+                "[node]\nname = \"w{i}\"\n[http]\nlisten = \"127.0.0.1:{http}\"\nallow_plain_http = true\n\
+                 [cluster]\nid = \"casd-bench\"\ngossip_addr = \"127.0.0.1:{gossip}\"\n\
+                 replication_addr = \"127.0.0.1:{repl}\"\nseeds = [\"{seed}\"]\nexpected_size = 3\n\
+                 join_timeout = \"10s\"\nkey = \"{key}\"\n",
+                http = free_port(),
+                gossip = free_port(),
+                repl = free_port(),
+                key = key.to_base64(),
+            );
+            let path = dir.join(format!("w{i}.toml"));
+            std::fs::write(&path, config).expect("peer config");
+            let child = Command::new(env!("CARGO_BIN_EXE_casd"))
+                .args(["serve", "--config"])
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("a casd peer process");
+            Killed(child)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ready = |r: &casd::cluster::replication::Replicator| {
+        let peers = r.peers();
+        peers.len() == 2 && peers.iter().all(|m| m.status == casd::cluster::membership::MemberStatus::Ready)
+    };
+    while !ready(writer.replicator().expect("replicator")) {
+        assert!(Instant::now() < deadline, "the peer processes did not join");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    (writer, peers, dir)
+}
+
 /// The time to seal and to open one frame of `len` bytes, the size of a replicated TGT write: a write seals and
 /// opens four of them on its critical path (two requests, two acknowledgements).
 fn seal_and_open(len: usize) -> (Duration, Duration) {
@@ -270,6 +365,9 @@ fn rss_bytes() -> u64 {
 }
 
 fn main() {
+    if std::env::var_os("CASD_BENCH_ECHO_SERVER").is_some() {
+        return echo_server_process();
+    }
     // On one thread every phase runs serially, so its time is its whole CPU cost: how a write's cost compares with
     // a round trip's, apart from what two cores can overlap.
     let one_thread = std::env::var_os("CASD_BENCH_ONE_THREAD").is_some();
@@ -331,6 +429,29 @@ fn main() {
         for n in nodes {
             n.crash().await;
         }
+
+        // The same writes with the two peers in processes of their own, against a ping-pong across processes.
+        println!("\n## casd replication on loopback, peers in processes of their own ({threads})\n");
+        println!("| operation | ops | ops/s | p50 | p99 |");
+        println!("|---|---:|---:|---:|---:|");
+        let pp_procs = ping_pong_across_processes(writes / 4).await;
+        pp_procs.row("TCP ping-pong, 1 client, echo server in another process");
+        let (writer, peers, dir) = cluster_with_peer_processes().await;
+        let wp1 = replicated_writes(&writer, 1, writes / 4).await;
+        wp1.row("replicated TGT write (2 acks), 1 writer, peers in their own processes");
+        let wp32 = replicated_writes(&writer, 32, writes).await;
+        wp32.row("replicated TGT write (2 acks), 32 writers, peers in their own processes");
+        let missed = writer.replicator().expect("replicator").counts().ack_failures;
+        drop(peers);
+        writer.crash().await;
+        let _ = std::fs::remove_dir_all(dir);
+        println!();
+        println!(
+            "single replicated write p50 / ping-pong p50, both across processes: {:.2}x (target <= 2x)",
+            wp1.p50.as_secs_f64() / pp_procs.p50.as_secs_f64()
+        );
+        println!("acknowledgements missed during these writes: {missed}\n");
+        println!("## casd state transfer and memory ({threads})\n");
 
         // State transfer of 100,000 tickets.
         let key = ClusterKey::generate();
