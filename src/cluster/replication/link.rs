@@ -361,23 +361,33 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reader_that_gives_up_passes_the_role_on() {
-        // Replies come only once two requests are in: the first caller (the reader) gives up before that.
-        let (addr, _peer) = peer(2).await;
-        let (link, _stop) = link_to(addr).await;
-        let impatient = tokio::time::timeout(Duration::from_millis(50), link.call(1, &request(1))).await;
-        assert!(impatient.is_err(), "no reply can come while only one request is in");
+        let (link, _stop, mut peer) = link_and_peer_end().await;
+        let mut frame = [0u8; 12];
+        let impatient = tokio::spawn({
+            let link = link.clone();
+            async move { tokio::time::timeout(Duration::from_millis(300), link.call(1, &request(1))).await }
+        });
+        peer.read_exact(&mut frame).await.expect("request 1");
         let patient = tokio::spawn({
             let link = link.clone();
             async move { link.call(2, &request(2)).await }
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        // Request 2 completes the batch; its caller must be reading although it arrived after the reader left.
-        let reply = tokio::time::timeout(Duration::from_secs(5), patient).await.expect("in time").expect("task");
-        assert_eq!(reply, Ok(Reply::Error("for 2".into())));
-        // A reply for a caller that gave up was dropped, and the link still works.
-        let (three, four) = (request(3), request(4));
-        let (a, b) = tokio::join!(link.call(3, &three), link.call(4, &four));
-        assert_eq!((a, b), (Ok(Reply::Error("for 3".into())), Ok(Reply::Error("for 4".into()))));
+        peer.read_exact(&mut frame).await.expect("request 2");
+        // The reader (request 1) gives up with no reply; the waiting caller must take over reading.
+        assert!(impatient.await.expect("task").is_err(), "no reply came for request 1");
+        reply(&mut peer, 2).await;
+        let done = tokio::time::timeout(Duration::from_secs(5), patient).await.expect("in time").expect("task");
+        assert_eq!(done, Ok(Reply::Error("for 2".into())));
+        // A late reply for the caller that gave up is dropped, and the link still works.
+        reply(&mut peer, 1).await;
+        let third = tokio::spawn({
+            let link = link.clone();
+            async move { link.call(3, &request(3)).await }
+        });
+        peer.read_exact(&mut frame).await.expect("request 3");
+        reply(&mut peer, 3).await;
+        let done = tokio::time::timeout(Duration::from_secs(5), third).await.expect("in time").expect("task");
+        assert_eq!(done, Ok(Reply::Error("for 3".into())));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,12 +410,49 @@ mod tests {
         assert_eq!(link.call(9, &request(9)).await, Err(Closed), "a closed link refuses new requests");
     }
 
+    /// A link and the peer's end of its connection, for tests that play the peer by hand.
+    async fn link_and_peer_end() -> (Arc<Link>, watch::Sender<bool>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (link, stop) = link_to(listener.local_addr().expect("addr")).await;
+        let (accepted, _) = listener.accept().await.expect("accept");
+        (link, stop, accepted)
+    }
+
+    async fn reply(peer: &mut TcpStream, id: u64) {
+        let mut out = Vec::new();
+        let reply = ReplyEnvelope { id, body: Reply::Error(format!("for {id}")) };
+        append_frame(&mut out, &postcard::to_allocvec(&reply).expect("ser")).expect("frame");
+        peer.write_all(&out).await.expect("write");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_whose_reply_came_hands_the_role_to_a_waiting_caller() {
+        let (link, _stop, mut peer) = link_and_peer_end().await;
+        let mut frame = [0u8; 12];
+        let first = tokio::spawn({
+            let link = link.clone();
+            async move { link.call(1, &request(1)).await }
+        });
+        peer.read_exact(&mut frame).await.expect("request 1");
+        let second = tokio::spawn({
+            let link = link.clone();
+            async move { link.call(2, &request(2)).await }
+        });
+        peer.read_exact(&mut frame).await.expect("request 2");
+        // The first caller is the reader; its reply alone comes, and it leaves.
+        reply(&mut peer, 1).await;
+        let done = tokio::time::timeout(Duration::from_secs(5), first).await.expect("in time").expect("task");
+        assert_eq!(done, Ok(Reply::Error("for 1".into())));
+        // Only now the second reply: nobody reads it unless the role was handed on.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        reply(&mut peer, 2).await;
+        let done = tokio::time::timeout(Duration::from_secs(5), second).await.expect("in time").expect("task");
+        assert_eq!(done, Ok(Reply::Error("for 2".into())));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stopping_the_node_closes_the_link_and_the_peer_sees_the_end() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (link, stop) = link_to(addr).await;
-        let (mut accepted, _) = listener.accept().await.expect("accept");
+        let (link, stop, mut accepted) = link_and_peer_end().await;
         let _ = stop.send(true);
         let mut byte = [0u8; 1];
         let read = tokio::time::timeout(Duration::from_secs(5), accepted.read(&mut byte)).await.expect("in time");
@@ -415,10 +462,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn frames_the_opener_refuses_are_skipped() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (link, _stop) = link_to(addr).await;
-        let (mut accepted, _) = listener.accept().await.expect("accept");
+        let (link, _stop, mut accepted) = link_and_peer_end().await;
         let call = tokio::spawn({
             let link = link.clone();
             async move { link.call(7, &request(7)).await }

@@ -381,17 +381,17 @@ impl Replicator {
                 }
             }
         };
-        slot.link.get_or_try_init(|| self.dial(addr)).await.ok().cloned()
+        slot.link.get_or_try_init(|| self.dial(&peer.node, addr)).await.ok().cloned()
     }
 
-    async fn dial(self: &Arc<Self>, addr: SocketAddr) -> Result<Arc<Link>, ()> {
+    async fn dial(self: &Arc<Self>, node: &str, addr: SocketAddr) -> Result<Arc<Link>, ()> {
         if *self.stopped.borrow() {
             return Err(());
         }
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             other => {
-                tracing::debug!(%addr, outcome = ?other.map(|r| r.err()), "replication link not established");
+                tracing::debug!(peer = %node, %addr, outcome = ?other.map(|r| r.err()), "replication link not established");
                 return Err(());
             }
         };
