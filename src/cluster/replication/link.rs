@@ -223,7 +223,12 @@ impl Link {
                 }
             }
             loop {
-                if self.writer.writable().await.is_err() {
+                // A peer that takes nothing (cut off) keeps this waiting: the node's stop must still close the link.
+                let writable = tokio::select! {
+                    w = self.writer.writable() => w.is_ok(),
+                    _ = stopped.wait_for(|s| *s) => false,
+                };
+                if !writable {
                     self.fail(&mut self.state());
                     return;
                 }
@@ -458,6 +463,27 @@ mod tests {
         let read = tokio::time::timeout(Duration::from_secs(5), accepted.read(&mut byte)).await.expect("in time");
         assert_eq!(read.expect("read"), 0, "the peer reads the end of the stream");
         assert!(link.is_closed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stopping_closes_a_link_whose_peer_takes_nothing() {
+        // The peer never reads: the socket fills, the rest waits in `unsent`, and the flusher waits for room.
+        let (link, stop, _peer) = link_and_peer_end().await;
+        let big = {
+            let mut framed = Vec::new();
+            append_frame(&mut framed, &vec![0u8; 1 << 20]).expect("frame");
+            framed
+        };
+        for id in 0..24 {
+            let _ = tokio::time::timeout(Duration::from_millis(20), link.call(id, &big)).await;
+        }
+        assert!(!link.is_closed(), "a slow peer alone does not close the link");
+        let _ = stop.send(true);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !link.is_closed() {
+            assert!(tokio::time::Instant::now() < deadline, "the stop did not reach the waiting flusher");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
