@@ -22,10 +22,11 @@ use tokio::sync::{Notify, oneshot, watch};
 
 use super::wire::{MAX_FRAME_BYTES, Reply, ReplyEnvelope};
 
-/// Read per `try_read` call: a burst of acknowledgements, or a good part of a page of entries.
+/// Room made for each read: a burst of acknowledgements, or a good part of a page of entries.
 const READ_CHUNK: usize = 64 << 10;
-/// A peer that takes no bytes for this long a queue is not coming back soon: the link closes (its writes then
-/// count as missed, and the peer is repaired when it is reachable again) rather than hold memory without bound.
+/// A peer that leaves this much unsent (beyond what the socket holds) is not taking writes: the link closes (its
+/// writes then count as missed, and the peer is repaired when it is reachable again) rather than hold memory
+/// without bound.
 const MAX_UNSENT: usize = 32 << 20;
 
 /// Opens a sealed reply frame and decodes it (counting what it drops); `None` for a frame to ignore.
@@ -35,6 +36,7 @@ pub type OpenReply = Box<dyn Fn(&[u8]) -> Option<ReplyEnvelope> + Send + Sync>;
 #[derive(Debug, PartialEq, Eq)]
 pub struct Closed;
 
+/// One connection to one peer, shared by every request this node sends it.
 pub struct Link {
     writer: OwnedWriteHalf,
     state: Mutex<State>,
