@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use casd::NodeHandle;
 use casd::cluster::membership::MemberStatus;
-use casd::cluster::seal::ClusterKey;
+use casd::cluster::replication::wire::{Reply, ReplyEnvelope, Request, RequestEnvelope, append_frame, read_frame};
+use casd::cluster::seal::{ClusterKey, Opener, Purpose, Sealer};
 use casd::config::{ClusterConfig, Config};
 use casd::ticket::{Principal, now_ms};
 
@@ -294,4 +295,41 @@ async fn concurrent_grants_on_different_nodes_all_get_single_logout() {
     })
     .await;
     stop_all(nodes).await;
+}
+
+async fn next_reply(link: &mut tokio::net::TcpStream, opener: &mut Opener) -> ReplyEnvelope {
+    let frame = tokio::time::timeout(Duration::from_secs(2), read_frame(link)).await;
+    let opened = opener.open(&frame.expect("a reply in time").expect("a frame"), now_ms()).expect("sealed to us");
+    postcard::from_bytes(&opened.payload).expect("a reply")
+}
+
+/// A request that has arrived only in part must not hold back the replies to the whole ones before it: under loss,
+/// its rest may be a retransmission (hundreds of milliseconds) away. Plays a peer by hand on a real node's link.
+#[tokio::test]
+async fn replies_to_whole_requests_leave_before_a_partial_one_completes() {
+    use tokio::io::AsyncWriteExt;
+    let key = ClusterKey::generate();
+    let n = node("n1", &key, vec![], 1, |_| {}).await;
+    let status = n.cluster().expect("clustered").status();
+    let own_addr = || status.borrow().members.iter().find(|m| m.is_self).and_then(|m| m.replication_addr.clone());
+    wait_until(Duration::from_secs(5), "the node to list itself", || async { own_addr().is_some() }).await;
+    let addr = own_addr().expect("its replication address");
+    let sealer = Sealer::new(&key, "casd-repl", "probe", now_ms());
+    let mut opener = Opener::for_recipient(&key, "casd-repl", Purpose::ReplicationReply, "probe");
+    let request = |id| {
+        let payload = postcard::to_allocvec(&RequestEnvelope { id, body: Request::Digest { map: 0 } }).expect("ser");
+        let mut framed = Vec::new();
+        append_frame(&mut framed, &sealer.seal_to(Purpose::Replication, "n1", &payload, now_ms())).expect("frame");
+        framed
+    };
+    let (first, second) = (request(1), request(2));
+    let mut link = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let half = second.len() / 2;
+    link.write_all(&[&first[..], &second[..half]].concat()).await.expect("write");
+    let reply = next_reply(&mut link, &mut opener).await;
+    assert_eq!(reply.id, 1, "the whole request is answered while the next one is still in part");
+    assert!(matches!(reply.body, Reply::Digest(_)));
+    link.write_all(&second[half..]).await.expect("write");
+    assert_eq!(next_reply(&mut link, &mut opener).await.id, 2, "and the rest completes the second");
+    n.shutdown().await;
 }

@@ -426,7 +426,8 @@ impl Replicator {
     }
 
     /// Answers one peer's requests. Writes, digests and pages of entries are answered in line, in order, and their replies
-    /// leave together once no further request is already buffered (no task hop, one write per burst). A consume
+    /// leave together once no further whole request is already buffered (no task hop, one write per burst): a
+    /// request that has arrived only in part may be a retransmission away, and must not hold them back. A consume
     /// may wait on its own replication, so it runs beside the connection and writes its reply itself.
     async fn serve_connection(self: Arc<Self>, stream: TcpStream, from: SocketAddr) {
         let (reader, writer) = stream.into_split();
@@ -470,7 +471,7 @@ impl Replicator {
             if append_frame(&mut replies, &self.reply_frame(request.id, body, &opened.sender)).is_err() {
                 break;
             }
-            if reader.buffer().is_empty() || replies.len() > BATCH_BYTES {
+            if !wire::holds_whole_frame(reader.buffer()) || replies.len() > BATCH_BYTES {
                 if write_batch(&mut *writer.lock().await, &replies).await.is_err() {
                     break;
                 }

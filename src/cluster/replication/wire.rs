@@ -121,6 +121,14 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Resu
     Ok(())
 }
 
+/// Whether `buffered` starts with a whole length-prefixed frame, so that reading it needs no more bytes.
+pub fn holds_whole_frame(buffered: &[u8]) -> bool {
+    match buffered.first_chunk::<4>() {
+        Some(len) => buffered.len() - 4 >= u32::from_be_bytes(*len) as usize,
+        None => false,
+    }
+}
+
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, FrameError> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
@@ -144,6 +152,11 @@ mod tests {
         assert_eq!(read_frame(&mut b).await.expect("read"), b"abc");
         a.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
         assert!(matches!(read_frame(&mut b).await, Err(FrameError::TooLarge(_))));
+        let mut two = Vec::new();
+        append_frame(&mut two, b"abc").expect("frame");
+        append_frame(&mut two, b"defg").expect("frame");
+        assert!(holds_whole_frame(&two) && holds_whole_frame(&two[7..]));
+        assert!(!holds_whole_frame(&two[7..10]) && !holds_whole_frame(&two[..2]) && !holds_whole_frame(&[]));
         let env = RequestEnvelope { id: 7, body: Request::Consume { map: 1, id: "ST-1-n".into() } };
         let back: RequestEnvelope = postcard::from_bytes(&postcard::to_allocvec(&env).expect("ser")).expect("de");
         assert_eq!((back.id, back.body), (7, env.body));
