@@ -353,14 +353,9 @@ mod tests {
         let (addr, _peer) = peer(8).await;
         let (link, _stop) = link_to(addr).await;
         for round in 0..50u64 {
-            let calls = (0..8u64).map(|i| {
-                let link = link.clone();
-                let id = round * 8 + i;
-                tokio::spawn(async move { (id, link.call(id, &request(id)).await) })
-            });
-            for call in futures_util::future::join_all(calls).await {
-                let (id, reply) = call.expect("task");
-                assert_eq!(reply, Ok(Reply::Error(format!("for {id}"))));
+            let calls: Vec<_> = (round * 8..round * 8 + 8).map(|id| (id, spawn_call(&link, id))).collect();
+            for (id, call) in calls {
+                assert_eq!(outcome(call).await, Ok(Reply::Error(format!("for {id}"))));
             }
         }
         assert!(!link.is_closed());
@@ -375,43 +370,29 @@ mod tests {
             async move { tokio::time::timeout(Duration::from_millis(300), link.call(1, &request(1))).await }
         });
         peer.read_exact(&mut frame).await.expect("request 1");
-        let patient = tokio::spawn({
-            let link = link.clone();
-            async move { link.call(2, &request(2)).await }
-        });
+        let patient = spawn_call(&link, 2);
         peer.read_exact(&mut frame).await.expect("request 2");
         // The reader (request 1) gives up with no reply; the waiting caller must take over reading.
         assert!(impatient.await.expect("task").is_err(), "no reply came for request 1");
         reply(&mut peer, 2).await;
-        let done = tokio::time::timeout(Duration::from_secs(5), patient).await.expect("in time").expect("task");
-        assert_eq!(done, Ok(Reply::Error("for 2".into())));
+        assert_eq!(outcome(patient).await, Ok(Reply::Error("for 2".into())));
         // A late reply for the caller that gave up is dropped, and the link still works.
         reply(&mut peer, 1).await;
-        let third = tokio::spawn({
-            let link = link.clone();
-            async move { link.call(3, &request(3)).await }
-        });
+        let third = spawn_call(&link, 3);
         peer.read_exact(&mut frame).await.expect("request 3");
         reply(&mut peer, 3).await;
-        let done = tokio::time::timeout(Duration::from_secs(5), third).await.expect("in time").expect("task");
-        assert_eq!(done, Ok(Reply::Error("for 3".into())));
+        assert_eq!(outcome(third).await, Ok(Reply::Error("for 3".into())));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_peer_that_goes_away_fails_every_waiting_caller_at_once() {
         let (addr, peer) = peer(1000).await;
         let (link, _stop) = link_to(addr).await;
-        let calls: Vec<_> = (0..5u64)
-            .map(|id| {
-                let link = link.clone();
-                tokio::spawn(async move { link.call(id, &request(id)).await })
-            })
-            .collect();
+        let calls: Vec<_> = (0..5u64).map(|id| spawn_call(&link, id)).collect();
         tokio::time::sleep(Duration::from_millis(50)).await;
         peer.abort();
         for call in calls {
-            let outcome = tokio::time::timeout(Duration::from_secs(5), call).await.expect("fails fast");
-            assert_eq!(outcome.expect("task"), Err(Closed));
+            assert_eq!(outcome(call).await, Err(Closed));
         }
         assert!(link.is_closed());
         assert_eq!(link.call(9, &request(9)).await, Err(Closed), "a closed link refuses new requests");
@@ -425,6 +406,17 @@ mod tests {
         (link, stop, accepted)
     }
 
+    /// Request `id` on `link` in a task of its own, as a replication caller makes it.
+    fn spawn_call(link: &Arc<Link>, id: u64) -> tokio::task::JoinHandle<Result<Reply, Closed>> {
+        let link = link.clone();
+        tokio::spawn(async move { link.call(id, &request(id)).await })
+    }
+
+    /// What a spawned call came to, within 5 s.
+    async fn outcome(call: tokio::task::JoinHandle<Result<Reply, Closed>>) -> Result<Reply, Closed> {
+        tokio::time::timeout(Duration::from_secs(5), call).await.expect("in time").expect("task")
+    }
+
     async fn reply(peer: &mut TcpStream, id: u64) {
         let mut out = Vec::new();
         let reply = ReplyEnvelope { id, body: Reply::Error(format!("for {id}")) };
@@ -436,25 +428,17 @@ mod tests {
     async fn a_reader_whose_reply_came_hands_the_role_to_a_waiting_caller() {
         let (link, _stop, mut peer) = link_and_peer_end().await;
         let mut frame = [0u8; 12];
-        let first = tokio::spawn({
-            let link = link.clone();
-            async move { link.call(1, &request(1)).await }
-        });
+        let first = spawn_call(&link, 1);
         peer.read_exact(&mut frame).await.expect("request 1");
-        let second = tokio::spawn({
-            let link = link.clone();
-            async move { link.call(2, &request(2)).await }
-        });
+        let second = spawn_call(&link, 2);
         peer.read_exact(&mut frame).await.expect("request 2");
         // The first caller is the reader; its reply alone comes, and it leaves.
         reply(&mut peer, 1).await;
-        let done = tokio::time::timeout(Duration::from_secs(5), first).await.expect("in time").expect("task");
-        assert_eq!(done, Ok(Reply::Error("for 1".into())));
+        assert_eq!(outcome(first).await, Ok(Reply::Error("for 1".into())));
         // Only now the second reply: nobody reads it unless the role was handed on.
         tokio::time::sleep(Duration::from_millis(50)).await;
         reply(&mut peer, 2).await;
-        let done = tokio::time::timeout(Duration::from_secs(5), second).await.expect("in time").expect("task");
-        assert_eq!(done, Ok(Reply::Error("for 2".into())));
+        assert_eq!(outcome(second).await, Ok(Reply::Error("for 2".into())));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -491,10 +475,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn frames_the_opener_refuses_are_skipped() {
         let (link, _stop, mut accepted) = link_and_peer_end().await;
-        let call = tokio::spawn({
-            let link = link.clone();
-            async move { link.call(7, &request(7)).await }
-        });
+        let call = spawn_call(&link, 7);
         let mut frame = [0u8; 12];
         accepted.read_exact(&mut frame).await.expect("request");
         let mut out = Vec::new();
@@ -502,7 +483,6 @@ mod tests {
         let reply = ReplyEnvelope { id: 7, body: Reply::Applied };
         append_frame(&mut out, &postcard::to_allocvec(&reply).expect("ser")).expect("frame");
         accepted.write_all(&out).await.expect("write");
-        let reply = tokio::time::timeout(Duration::from_secs(5), call).await.expect("in time").expect("task");
-        assert_eq!(reply, Ok(Reply::Applied));
+        assert_eq!(outcome(call).await, Ok(Reply::Applied));
     }
 }
