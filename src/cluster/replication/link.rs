@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, oneshot, watch};
 
-use super::wire::{MAX_FRAME_BYTES, Reply, ReplyEnvelope};
+use super::wire::{Reply, ReplyEnvelope, split_frame};
 
 /// Room made for each read: a burst of acknowledgements, or a good part of a page of entries.
 const READ_CHUNK: usize = 64 << 10;
@@ -188,15 +188,18 @@ impl Link {
         // Opened before the state is locked: a page of entries takes a while, and callers keep sending meanwhile.
         let mut replies = Vec::new();
         let mut at = 0;
-        while let Some(len) = inbox.get(at..at + 4) {
-            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-            if len > MAX_FRAME_BYTES {
-                self.close();
-                return Err(Closed);
+        loop {
+            match split_frame(&inbox[at..]) {
+                Ok(Some((frame, taken))) => {
+                    replies.extend((self.open)(frame));
+                    at += taken;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    self.close();
+                    return Err(Closed);
+                }
             }
-            let Some(frame) = inbox.get(at + 4..at + 4 + len) else { break };
-            replies.extend((self.open)(frame));
-            at += 4 + len;
         }
         inbox.drain(..at);
         if replies.is_empty() {

@@ -121,12 +121,20 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Resu
     Ok(())
 }
 
-/// Whether `buffered` starts with a whole length-prefixed frame, so that reading it needs no more bytes.
-pub fn holds_whole_frame(buffered: &[u8]) -> bool {
-    match buffered.first_chunk::<4>() {
-        Some(len) => buffered.len() - 4 >= u32::from_be_bytes(*len) as usize,
-        None => false,
+/// The first length-prefixed frame in `buffered` and the bytes it takes with its prefix, or `None` while it has not
+/// all arrived. A length over the limit is an error, however few bytes are in.
+pub fn split_frame(buffered: &[u8]) -> Result<Option<(&[u8], usize)>, FrameError> {
+    let Some(len) = buffered.first_chunk::<4>() else { return Ok(None) };
+    let len = u32::from_be_bytes(*len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(len));
     }
+    Ok(buffered.get(4..4 + len).map(|frame| (frame, 4 + len)))
+}
+
+/// Whether `buffered` starts with a whole frame, so that reading it needs no more bytes.
+pub fn holds_whole_frame(buffered: &[u8]) -> bool {
+    matches!(split_frame(buffered), Ok(Some(_)))
 }
 
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, FrameError> {
@@ -157,6 +165,8 @@ mod tests {
         append_frame(&mut two, b"defg").expect("frame");
         assert!(holds_whole_frame(&two) && holds_whole_frame(&two[7..]));
         assert!(!holds_whole_frame(&two[7..10]) && !holds_whole_frame(&two[..2]) && !holds_whole_frame(&[]));
+        assert_eq!(split_frame(&two).expect("in bounds"), Some((&b"abc"[..], 7)));
+        assert!(matches!(split_frame(&u32::MAX.to_be_bytes()), Err(FrameError::TooLarge(_))));
         let env = RequestEnvelope { id: 7, body: Request::Consume { map: 1, id: "ST-1-n".into() } };
         let back: RequestEnvelope = postcard::from_bytes(&postcard::to_allocvec(&env).expect("ser")).expect("de");
         assert_eq!((back.id, back.body), (7, env.body));
