@@ -75,25 +75,32 @@ async fn echo_server() -> String {
     addr
 }
 
-async fn ping_pong(writers: usize, total: usize) -> support::Stats {
-    let addr = echo_server().await;
+/// One 64-byte exchange with an echo server.
+async fn exchange(conn: &tokio::sync::Mutex<TcpStream>) {
+    let mut s = conn.lock().await;
+    s.write_all(&[7u8; 64]).await.expect("write");
+    let mut buf = [0u8; 64];
+    s.read_exact(&mut buf).await.expect("read");
+}
+
+/// `writers` clients, each on its own connection to the echo server at `addr`.
+async fn ping_pong_to(addr: &str, writers: usize, total: usize) -> support::Stats {
     let mut conns = Vec::new();
     for _ in 0..writers {
-        let s = TcpStream::connect(&addr).await.expect("connect");
+        let s = TcpStream::connect(addr).await.expect("connect");
         s.set_nodelay(true).expect("nodelay");
         conns.push(Arc::new(tokio::sync::Mutex::new(s)));
     }
     let conns = Arc::new(conns);
     run(writers, total, move |w| {
         let conns = conns.clone();
-        async move {
-            let mut s = conns[w].lock().await;
-            s.write_all(&[7u8; 64]).await.expect("write");
-            let mut buf = [0u8; 64];
-            s.read_exact(&mut buf).await.expect("read");
-        }
+        async move { exchange(&conns[w]).await }
     })
     .await
+}
+
+async fn ping_pong(writers: usize, total: usize) -> support::Stats {
+    ping_pong_to(&echo_server().await, writers, total).await
 }
 
 /// The floor under a 2-ack write with this runtime on this machine: one client sends 64 bytes to each of two
@@ -110,14 +117,9 @@ async fn fan_out(total: usize) -> support::Stats {
     run(1, total, move |_| {
         let conns = conns.clone();
         async move {
-            let exchange = |c: Arc<tokio::sync::Mutex<TcpStream>>| async move {
-                let mut s = c.lock().await;
-                s.write_all(&[7u8; 64]).await.expect("write");
-                let mut buf = [0u8; 64];
-                s.read_exact(&mut buf).await.expect("read");
-            };
+            let spawned = |c: Arc<tokio::sync::Mutex<TcpStream>>| tokio::spawn(async move { exchange(&c).await });
             // Each exchange in its own task, as a link is: the two peers are served in parallel.
-            let (a, b) = (tokio::spawn(exchange(conns[0].clone())), tokio::spawn(exchange(conns[1].clone())));
+            let (a, b) = (spawned(conns[0].clone()), spawned(conns[1].clone()));
             a.await.expect("a");
             b.await.expect("b");
         }
@@ -125,7 +127,7 @@ async fn fan_out(total: usize) -> support::Stats {
     .await
 }
 
-/// A child process killed when dropped: the peers and the echo server of the separate-process phase.
+/// A child process killed when dropped: Redis, and the peers and echo server of the separate-process phase.
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -135,8 +137,8 @@ impl Drop for Killed {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+fn free_port() -> Option<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).ok().map(|a| a.port())
 }
 
 /// Run as a child (`CASD_BENCH_ECHO_SERVER` set): the echo server in a process of its own, printing its address.
@@ -160,19 +162,7 @@ async fn ping_pong_across_processes(total: usize) -> support::Stats {
     let mut addr = String::new();
     std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut addr).expect("its address");
     let _server = Killed(child);
-    let s = TcpStream::connect(addr.trim()).await.expect("connect");
-    s.set_nodelay(true).expect("nodelay");
-    let conn = Arc::new(tokio::sync::Mutex::new(s));
-    run(1, total, move |_| {
-        let conn = conn.clone();
-        async move {
-            let mut s = conn.lock().await;
-            s.write_all(&[7u8; 64]).await.expect("write");
-            let mut buf = [0u8; 64];
-            s.read_exact(&mut buf).await.expect("read");
-        }
-    })
-    .await
+    ping_pong_to(addr.trim(), 1, total).await
 }
 
 /// A 3-node cluster whose writer is in this process and whose two peers are `casd serve` processes, as nodes of a
@@ -190,9 +180,9 @@ async fn cluster_with_peer_processes() -> (NodeHandle, Vec<Killed>, std::path::P
                  [cluster]\nid = \"casd-bench\"\ngossip_addr = \"127.0.0.1:{gossip}\"\n\
                  replication_addr = \"127.0.0.1:{repl}\"\nseeds = [\"{seed}\"]\nexpected_size = 3\n\
                  join_timeout = \"10s\"\nkey = \"{key}\"\n",
-                http = free_port(),
-                gossip = free_port(),
-                repl = free_port(),
+                http = free_port().expect("a free port"),
+                gossip = free_port().expect("a free port"),
+                repl = free_port().expect("a free port"),
                 key = key.to_base64(),
             );
             let path = dir.join(format!("w{i}.toml"));
@@ -261,20 +251,8 @@ async fn replicated_writes(node: &NodeHandle, writers: usize, total: usize) -> s
     .await
 }
 
-struct Redis(Vec<Child>);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn start_redis() -> Option<(Redis, u16)> {
-    let free = || std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok().map(|a| a.port());
-    let (primary, replica) = (free()?, free()?);
+fn start_redis() -> Option<(Vec<Killed>, u16)> {
+    let (primary, replica) = (free_port()?, free_port()?);
     let spawn = |port: u16, extra: &[String]| {
         let mut args = vec![
             "--port".to_owned(),
@@ -291,8 +269,8 @@ fn start_redis() -> Option<(Redis, u16)> {
     };
     let p = spawn(primary, &[])?;
     let r = spawn(replica, &["--replicaof".into(), "127.0.0.1".into(), primary.to_string()]);
-    let guard = Redis(vec![p].into_iter().chain(r).collect());
-    (guard.0.len() == 2).then_some((guard, primary))
+    let guard: Vec<Killed> = [Some(p), r].into_iter().flatten().map(Killed).collect();
+    (guard.len() == 2).then_some((guard, primary))
 }
 
 async fn resp(conn: &mut BufReader<TcpStream>, parts: &[&str]) -> String {
