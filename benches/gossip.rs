@@ -2,25 +2,21 @@
 //! survivors to drop a crashed node, and gossip bytes per second per node. `cargo bench --bench gossip`.
 //! Prints a Markdown table; never run as a test.
 
+#[path = "support.rs"]
+mod support;
+
 use std::time::{Duration, Instant};
 
 use casd::cluster::seal::ClusterKey;
-use casd::config::ClusterConfig;
-use casd::{Config, Node, NodeHandle};
+use casd::{Node, NodeHandle};
 
 const GOSSIP: Duration = Duration::from_millis(200);
 const TRIALS: usize = 3;
 
 async fn start(name: String, key: &ClusterKey, seeds: Vec<String>, size: usize) -> NodeHandle {
-    let mut config = Config::embedded();
-    config.http.listen = "127.0.0.1:0".parse().expect("addr");
-    config.node.name = name;
-    let loopback = "127.0.0.1:0".parse().expect("addr");
-    let mut cluster = ClusterConfig::new("casd-bench", loopback, loopback, key);
-    cluster.seeds = seeds;
-    cluster.gossip_interval = GOSSIP;
-    cluster.expected_size = size;
-    config.cluster = Some(cluster);
+    let mut config = support::loopback_config();
+    support::join_cluster(&mut config, "casd-bench", &name, key, seeds, size);
+    config.cluster.as_mut().expect("clustered").gossip_interval = GOSSIP;
     Node::start(config).await.expect("node")
 }
 

@@ -1,47 +1,43 @@
 //! Shared by the benches: nodes on loopback, one alone or several in a cluster.
+// Each bench uses a part of it.
+#![allow(dead_code)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use casd::cluster::seal::ClusterKey;
-use casd::config::ClusterConfig;
-use casd::{Config, Node, NodeHandle};
+use casd::{Node, NodeHandle};
+
+#[path = "../tests/common/test_cluster.rs"]
+mod test_cluster;
+pub use test_cluster::*;
+
+/// Benches issue tickets before the timed phase: they must outlive it.
+fn bench_config(config: &mut casd::Config) {
+    config.tickets.st_ttl = Duration::from_secs(600);
+    if let Some(c) = config.cluster.as_mut() {
+        c.join_timeout = Duration::from_secs(10);
+    }
+}
 
 /// A node of the demo config on an ephemeral port; clustered (seeded with `seeds`) when `key` is given.
 pub async fn node(name: &str, key: Option<&ClusterKey>, seeds: Vec<String>, size: usize) -> NodeHandle {
-    let mut config = Config::embedded();
-    config.http.listen = "127.0.0.1:0".parse().expect("addr");
+    let mut config = loopback_config();
     config.node.name = name.into();
-    config.tickets.st_ttl = Duration::from_secs(600); // benches issue tickets before the timed phase
     if let Some(key) = key {
-        let loopback = "127.0.0.1:0".parse().expect("addr");
-        let mut c = ClusterConfig::new("casd-bench", loopback, loopback, key);
-        c.seeds = seeds;
-        c.expected_size = size;
-        c.join_timeout = Duration::from_secs(10);
-        config.cluster = Some(c);
+        join_cluster(&mut config, "casd-bench", name, key, seeds, size);
     }
+    bench_config(&mut config);
     Node::start(config).await.expect("node")
 }
 
-/// `n` nodes: one plain node, or a cluster of `n` whose members all see each other.
+/// `n` nodes: one plain node, or a cluster of `n` whose members all see each other ready.
 pub async fn nodes(n: usize) -> Vec<NodeHandle> {
     if n <= 1 {
         return vec![node("b1", None, vec![], 1).await];
     }
-    let key = ClusterKey::generate();
-    let first = node("b1", Some(&key), vec![], n).await;
-    let seed = vec![first.cluster().expect("clustered").gossip_addr().to_string()];
-    let mut all = vec![first];
-    for i in 2..=n {
-        all.push(node(&format!("b{i}"), Some(&key), seed.clone(), n).await);
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while all.iter().any(|m| m.replicator().expect("replicator").peers().len() != n - 1) {
-        assert!(Instant::now() < deadline, "cluster did not form");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let cluster = TestCluster::start("casd-bench", "b", n, |_, c| bench_config(c)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    all
+    cluster.nodes
 }
 
 /// Throughput and latency percentiles of one measured phase.

@@ -1,5 +1,7 @@
 //! Typed configuration: a TOML file (or the embedded single-node default) parsed with unknown keys refused, then
-//! validated so that every error names the file, the key and the value.
+//! resolved once ([`Config::resolve`]) into the values the node runs on: checked, with every pattern compiled and
+//! every file it names read, each error naming the file, the key and the value. Sits above `cluster`, `auth` and
+//! `cas`, whose settings it builds; none of them imports it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,6 +9,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::{UserRecord, UsersFile};
+use crate::cas::services::{ServiceDefinition, ServiceRegistry};
+use crate::cluster::ClusterSettings;
+use crate::cluster::discovery::MulticastSettings;
+use crate::cluster::replication::Timeouts;
+use crate::cluster::seal::ClusterKey;
 use crate::ticket::ExpiryPolicy;
 
 /// The single-node demo configuration `casd` runs when given no file. Also shipped as `cluster-configs/single.toml`.
@@ -51,7 +59,7 @@ pub struct Config {
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]
-    pub services: Vec<ServiceConfig>,
+    pub services: Vec<ServiceDefinition>,
     /// Absent: a single node with no peers.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
@@ -113,7 +121,7 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub key_file: Option<PathBuf>,
     #[serde(default)]
-    pub multicast: MulticastConfig,
+    pub multicast: MulticastSettings,
     /// How long a write waits for every peer's acknowledgement; a peer that misses it is counted out of the copies.
     #[serde(default = "default_ack_timeout", with = "humantime_serde")]
     pub ack_timeout: Duration,
@@ -133,60 +141,15 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
-    /// A cluster section with the documented defaults: no seeds, gossip every 200 ms, phi 8, no multicast.
-    pub fn new(
-        id: &str,
-        gossip_addr: SocketAddr,
-        replication_addr: SocketAddr,
-        key: &crate::cluster::seal::ClusterKey,
-    ) -> Self {
-        Self {
-            id: id.to_owned(),
-            gossip_addr,
-            gossip_advertise: None,
-            replication_addr,
-            http_advertise: None,
-            seeds: Vec::new(),
-            gossip_interval: default_gossip_interval(),
-            phi_threshold: default_phi(),
-            dead_node_grace_period: default_dead_grace(),
-            expected_size: default_expected_size(),
-            key: Some(Secret(key.to_base64())),
-            key_file: None,
-            multicast: MulticastConfig::default(),
-            ack_timeout: default_ack_timeout(),
-            forward_timeout: default_forward_timeout(),
-            min_copies: default_min_copies(),
-            join_timeout: default_join_timeout(),
-            anti_entropy_interval: default_anti_entropy_interval(),
-        }
-    }
-}
-
-/// LAN discovery by sealed multicast beacons.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MulticastConfig {
-    pub enabled: bool,
-    pub group: std::net::Ipv4Addr,
-    pub port: u16,
-    pub ttl: u32,
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// Local interface address to send and join on; unspecified = the system's choice.
-    pub interface: std::net::Ipv4Addr,
-}
-
-impl Default for MulticastConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            group: std::net::Ipv4Addr::new(239, 255, 42, 99),
-            port: 7400,
-            ttl: 1,
-            interval: Duration::from_secs(1),
-            interface: std::net::Ipv4Addr::UNSPECIFIED,
-        }
+    /// A cluster section with the documented defaults, exactly as a file giving only these four keys would read:
+    /// the defaults live in the serde attributes above and nowhere else.
+    pub fn new(id: &str, gossip_addr: SocketAddr, replication_addr: SocketAddr, key: &ClusterKey) -> Self {
+        let mut section = toml::Table::new();
+        section.insert("id".into(), id.into());
+        section.insert("gossip_addr".into(), gossip_addr.to_string().into());
+        section.insert("replication_addr".into(), replication_addr.to_string().into());
+        section.insert("key".into(), key.to_base64().into());
+        section.try_into().expect("a section of the four required keys parses")
     }
 }
 
@@ -261,6 +224,13 @@ pub struct HttpConfig {
     /// Terminate TLS in casd.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// On a graceful stop, how long requests in flight may take to finish before their connections are dropped.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// Certificate chain and private key (PEM), read at start and again on SIGHUP.
@@ -394,34 +364,11 @@ pub struct AuthConfig {
     /// A TOML users file (see `UsersFile`); relative paths are taken from the config file's folder.
     pub users_file: Option<PathBuf>,
     /// Users written inline, same form as in the users file.
-    pub users: Vec<crate::auth::UserRecord>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceConfig {
-    /// Unique id; when several patterns match, the lowest id wins.
-    pub id: u32,
-    pub name: String,
-    /// Regular expression matched against the whole service URL.
-    pub pattern: String,
-    /// Regular expression for the `pgtUrl`s this service may use; absent = this service may not proxy.
-    #[serde(default)]
-    pub proxy_callback_pattern: Option<String>,
-    /// Send back-channel single logout to this service.
-    #[serde(default = "yes")]
-    pub slo: bool,
-    /// Attributes released to this service; `["*"]` releases all.
-    #[serde(default)]
-    pub release: Vec<String>,
+    pub users: Vec<UserRecord>,
 }
 
 fn default_base_path() -> String {
     "/cas".into()
-}
-
-fn yes() -> bool {
-    true
 }
 
 impl Config {
@@ -438,7 +385,8 @@ impl Config {
         Self::parse(&text, &file)
     }
 
-    /// Parses and validates TOML text; `file` names it in errors, and relative paths in it are taken from its folder.
+    /// Parses TOML text (checked by [`Config::resolve`]); `file` names it in errors, and relative paths in it are
+    /// taken from its folder.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
         let mut config: Config =
             toml::from_str(text).map_err(|e| ConfigError::Parse { file: file.into(), detail: e.to_string() })?;
@@ -459,13 +407,40 @@ impl Config {
                 relative(&mut cluster.key_file);
             }
         }
-        config.validate()?;
         Ok(config)
     }
 
-    /// The cluster key, from `cluster.key` or `cluster.key_file` (checked by validation).
-    pub fn cluster_key(&self) -> Result<Option<crate::cluster::seal::ClusterKey>, ConfigError> {
-        let Some(c) = &self.cluster else { return Ok(None) };
+    /// Checks everything and reads what the configuration names, once: what `casd check-config` reports and what a
+    /// node starts from.
+    pub fn resolve(self) -> Result<Resolved, ConfigError> {
+        self.validate()?;
+        let services = ServiceRegistry::new(&self.services).map_err(|e| {
+            let key = format!("services[{}].{}", e.index, e.field);
+            self.invalid(&key, &e.pattern, &e.source.to_string())
+        })?;
+        let mut users = self.auth.users.clone();
+        if let Some(path) = &self.auth.users_file {
+            let file = path.display().to_string();
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+            users.extend(UsersFile::parse(&text).map_err(|e| match e {
+                crate::auth::UsersFileError::Parse(detail) => ConfigError::Parse { file, detail },
+                crate::auth::UsersFileError::Invalid { key, reason } => {
+                    ConfigError::Invalid { file, key, value: "<hidden>".into(), reason: reason.into() }
+                }
+            })?);
+        }
+        let cluster = match &self.cluster {
+            Some(c) => {
+                Some(ClusterPlan { settings: c.settings(), key: self.cluster_key(c)?, min_copies: c.min_copies })
+            }
+            None => None,
+        };
+        Ok(Resolved { config: self, services, users, cluster })
+    }
+
+    /// The cluster key, from `cluster.key` or `cluster.key_file`.
+    fn cluster_key(&self, c: &ClusterConfig) -> Result<ClusterKey, ConfigError> {
         let (key_name, text) = match (&c.key, &c.key_file) {
             (Some(k), None) => ("cluster.key", k.0.clone()),
             (None, Some(path)) => {
@@ -481,8 +456,7 @@ impl Config {
                 ));
             }
         };
-        crate::cluster::seal::ClusterKey::from_base64(&text)
-            .map(Some)
+        ClusterKey::from_base64(&text)
             .map_err(|e| self.invalid(key_name, "<hidden>", &format!("{e}; make one with `casd keygen`")))
     }
 
@@ -532,6 +506,7 @@ impl Config {
             ("throttle.window", self.throttle.window),
             ("proxy.callback_timeout", self.proxy.callback_timeout),
             ("slo.timeout", self.slo.timeout),
+            ("http.drain_timeout", self.http.drain_timeout),
         ] {
             if value.is_zero() {
                 return Err(self.invalid(key, humantime::format_duration(value), "must be greater than zero"));
@@ -548,25 +523,13 @@ impl Config {
             if !ids.insert(s.id) {
                 return Err(self.invalid(&format!("services[{i}].id"), s.id, "is used by another service"));
             }
-            if let Err(e) = regex::Regex::new(&s.pattern) {
-                return Err(self.invalid(&format!("services[{i}].pattern"), &s.pattern, &e.to_string()));
-            }
-            if let Some(p) = &s.proxy_callback_pattern {
-                if let Err(e) = regex::Regex::new(p) {
-                    return Err(self.invalid(&format!("services[{i}].proxy_callback_pattern"), p, &e.to_string()));
-                }
-            }
         }
         if let Some(c) = &self.cluster {
             self.validate_cluster(c)?;
         }
         for (i, u) in self.auth.users.iter().enumerate() {
-            if argon2::PasswordHash::new(&u.password_hash).is_err() {
-                return Err(self.invalid(
-                    &format!("auth.users[{i}].password_hash"),
-                    "<hidden>",
-                    "is not a PHC string; make one with `casd hash-password`",
-                ));
+            if let Err(reason) = u.check() {
+                return Err(self.invalid(&format!("auth.users[{i}].password_hash"), "<hidden>", reason));
             }
         }
         Ok(())
@@ -616,8 +579,45 @@ impl Config {
                 "must be an IPv4 multicast address",
             ));
         }
-        self.cluster_key()?;
         Ok(())
+    }
+}
+
+/// A configuration resolved for a node to run on.
+pub struct Resolved {
+    /// The configuration as written (paths made relative to its file).
+    pub config: Config,
+    pub services: ServiceRegistry,
+    /// Inline users and those of `auth.users_file`.
+    pub users: Vec<UserRecord>,
+    pub cluster: Option<ClusterPlan>,
+}
+
+/// What a clustered node needs beyond its single-node self.
+pub struct ClusterPlan {
+    pub settings: ClusterSettings,
+    pub key: ClusterKey,
+    /// Copies a new SSO session must reach (`cluster.min_copies`): the registry's business, not the cluster's.
+    pub min_copies: usize,
+}
+
+impl ClusterConfig {
+    fn settings(&self) -> ClusterSettings {
+        ClusterSettings {
+            id: self.id.clone(),
+            gossip_addr: self.gossip_addr,
+            gossip_advertise: self.gossip_advertise,
+            replication_addr: self.replication_addr,
+            seeds: self.seeds.clone(),
+            gossip_interval: self.gossip_interval,
+            phi_threshold: self.phi_threshold,
+            dead_node_grace_period: self.dead_node_grace_period,
+            expected_size: self.expected_size,
+            multicast: self.multicast.clone(),
+            timeouts: Timeouts { ack: self.ack_timeout, forward: self.forward_timeout },
+            join_timeout: self.join_timeout,
+            anti_entropy_interval: self.anti_entropy_interval,
+        }
     }
 }
 
@@ -633,12 +633,14 @@ mod tests {
         assert_eq!(c.http.base_path, "/cas");
         assert!(!c.services.is_empty());
         assert_eq!(c.auth.users[0].username, "casuser");
+        let resolved = c.resolve().expect("the embedded config resolves");
+        assert!(resolved.cluster.is_none() && !resolved.users.is_empty());
     }
 
     #[test]
     fn unknown_key_is_named_with_the_file() {
         let text = EMBEDDED_DEFAULT.replace("[http]", "[http]\nlisten_port = 1");
-        let e = Config::parse(&text, "a.toml").unwrap_err().to_string();
+        let e = Config::parse(&text, "a.toml").and_then(Config::resolve).err().expect("refused").to_string();
         assert!(e.starts_with("a.toml: "), "{e}");
         assert!(e.contains("listen_port"), "{e}");
     }
@@ -646,10 +648,10 @@ mod tests {
     #[test]
     fn bad_value_names_key_and_value() {
         let text = EMBEDDED_DEFAULT.replace("st_ttl = \"10s\"", "st_ttl = \"0s\"");
-        let e = Config::parse(&text, "b.toml").unwrap_err().to_string();
+        let e = Config::parse(&text, "b.toml").and_then(Config::resolve).err().expect("refused").to_string();
         assert_eq!(e, "b.toml: tickets.st_ttl: must be greater than zero (got \"0s\")");
         let text = EMBEDDED_DEFAULT.replace("name = \"casd1\"", "name = \"cas-1.example\"");
-        let e = Config::parse(&text, "c.toml").unwrap_err().to_string();
+        let e = Config::parse(&text, "c.toml").and_then(Config::resolve).err().expect("refused").to_string();
         assert!(e.contains("node.name") && e.contains("cas-1.example"), "{e}");
     }
 
@@ -660,22 +662,23 @@ mod tests {
                 "{EMBEDDED_DEFAULT}\n[cluster]\nid = \"c\"\ngossip_addr = \"127.0.0.1:7001\"\nreplication_addr = \"127.0.0.1:7101\"\n{cluster}"
             )
         };
-        let e = Config::parse(&with("key = \"c2VjcmV0\"\n"), "k.toml").unwrap_err().to_string();
+        let resolve = |text: String| Config::parse(&text, "k.toml").and_then(Config::resolve);
+        let e = resolve(with("key = \"c2VjcmV0\"\n")).err().expect("refused").to_string();
         assert!(e.contains("cluster.key") && e.contains("32 bytes") && !e.contains("c2VjcmV0"), "{e}");
-        let e = Config::parse(&with(""), "k.toml").unwrap_err().to_string();
+        let e = resolve(with("")).err().expect("refused").to_string();
         assert!(e.contains("exactly one"), "{e}");
-        let key = crate::cluster::seal::ClusterKey::generate().to_base64();
-        let c = Config::parse(&with(&format!("key = \"{key}\"\n")), "k.toml").expect("valid");
-        assert!(c.cluster_key().expect("key").is_some());
-        assert!(!format!("{c:?}").contains(&key), "the key never shows in Debug");
-        let e = Config::parse(&with(&format!("key = \"{key}\"\n")).replace("127.0.0.1:7001", "0.0.0.0:7001"), "k.toml");
-        assert!(e.unwrap_err().to_string().contains("gossip_advertise"));
+        let key = ClusterKey::generate().to_base64();
+        let c = resolve(with(&format!("key = \"{key}\"\n"))).expect("valid");
+        assert_eq!(c.cluster.expect("clustered").key.to_base64(), key);
+        assert!(!format!("{:?}", c.config).contains(&key), "the key never shows in Debug");
+        let e = resolve(with(&format!("key = \"{key}\"\n")).replace("127.0.0.1:7001", "0.0.0.0:7001"));
+        assert!(e.err().expect("refused").to_string().contains("gossip_advertise"));
     }
 
     #[test]
     fn bad_service_pattern_is_named() {
         let text = format!("{EMBEDDED_DEFAULT}\n[[services]]\nid = 99\nname = \"x\"\npattern = \"(\"\n");
-        let e = Config::parse(&text, "d.toml").unwrap_err().to_string();
+        let e = Config::parse(&text, "d.toml").and_then(Config::resolve).err().expect("refused").to_string();
         assert!(e.contains("services[1].pattern") && e.contains("\"(\""), "{e}");
     }
 }

@@ -1,23 +1,31 @@
 //! casd: a clustered CAS (Central Authentication Service) single sign-on server.
 //!
-//! # Layout
-//! - [`config`]: the typed configuration, the embedded single-node default and its validation.
-//! - [`ticket`]: ticket ids, what each kind holds, expiration policies. Pure.
-//! - [`registry`]: the [`registry::TicketRegistry`] the protocol layer uses, over one [`registry::TicketMap`] per
-//!   ticket kind. The seam where replicated maps plug in.
+//! # Layout (each layer imports only those below it)
+//! - [`node`]: [`Node::start`] wires it all and returns a [`NodeHandle`]; [`sweeper`] expires tickets.
+//! - [`config`]: the typed configuration, the embedded single-node default, and its resolution into the settings
+//!   of the layers below (compiled service patterns, loaded users and cluster key).
+//! - [`ops`]: `/metrics`, `/health`, `/ready`, `/cluster`: the operators' endpoints, which see `cas` and `cluster`.
 //! - [`cas`]: the HTTP endpoints of CAS 1.0/2.0/3.0 and SAML 1.1, pages, services, single logout, proxy callbacks.
+//!   Knows tickets and the registry, never the cluster.
+//! - [`http`] and [`tls`]: the listener (plain or TLS) with graceful draining, and certificate reloading.
 //! - [`auth`]: the authenticator (users file with argon2id hashes) and login throttling.
-//! - [`cluster`]: gossip membership, multicast discovery, sealing, and replication links between nodes.
-//! - [`node`]: [`Node::start`] wires it all and returns a [`NodeHandle`].
-//!
-//! `cas` knows tickets and the registry, never the network between nodes.
+//! - [`registry`]: the [`registry::TicketRegistry`] the protocol layer uses, over one [`registry::TicketMap`] per
+//!   ticket kind: local maps on a single node, replicated maps in a cluster.
+//! - [`cluster`]: gossip membership, multicast discovery, sealing, and replication between nodes; knows bytes,
+//!   members and maps, never CAS.
+//! - [`ticket`]: ticket ids, what each kind holds, expiration policies. Pure.
+//! - [`clock`]: the wall clock, at the bottom.
 
 pub mod auth;
 pub mod cas;
+pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod http;
 pub mod node;
+pub mod ops;
 pub mod registry;
+pub mod sweeper;
 pub mod ticket;
 pub mod tls;
 

@@ -36,11 +36,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { file } => {
-            let config = Config::load(&file)?;
-            if let Some(users) = &config.auth.users_file {
-                casd::auth::UsersFile::read(users)?;
-            }
-            println!("{}: ok ({} services)", file.display(), config.services.len());
+            let resolved = Config::load(&file)?.resolve()?;
+            println!("{}: ok ({} services)", file.display(), resolved.config.services.len());
             Ok(())
         }
         Command::Keygen => {
@@ -87,7 +84,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     runtime.block_on(async {
         // Listen for SIGHUP before anything can say the node is up: its default action would end the process.
         let mut hangup = reload_signal()?;
-        let mut node = Node::start(config).await?;
+        let node = Node::start(config).await?;
         tracing::info!(url = %node.base_url(), "serving");
         let shutdown = shutdown_signal();
         tokio::pin!(shutdown);

@@ -2,25 +2,13 @@
 //! read again on SIGHUP (`NodeHandle::reload_tls`), so a renewed certificate is picked up without a restart. A
 //! reload that fails keeps the certificate in use and says why.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use axum::Router;
-use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-
-/// A client that has not finished its handshake by then is dropped, so slow clients cannot hold connections.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -73,34 +61,7 @@ impl TlsReloader {
         Ok(())
     }
 
-    fn acceptor(&self) -> Option<TlsAcceptor> {
+    pub(crate) fn acceptor(&self) -> Option<TlsAcceptor> {
         self.current.read().ok().map(|c| TlsAcceptor::from(c.clone()))
-    }
-}
-
-/// Serves `router` over TLS until `stopped`. Each connection does its handshake in its own task.
-pub async fn serve(listener: TcpListener, router: Router, tls: Arc<TlsReloader>, mut stopped: watch::Receiver<bool>) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = async { let _ = stopped.wait_for(|s| *s).await; } => return,
-        };
-        let Ok((stream, addr)) = accepted else { continue };
-        let Some(acceptor) = tls.acceptor() else { continue };
-        let app = router.clone().layer(axum::Extension(ConnectInfo::<SocketAddr>(addr)));
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(client = %addr, error = %e, "tls handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let service = TowerToHyperService::new(app);
-            if let Err(e) = Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await {
-                tracing::debug!(client = %addr, error = %e, "connection ended with an error");
-            }
-        });
     }
 }

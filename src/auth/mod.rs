@@ -5,7 +5,7 @@ mod throttle;
 mod users_file;
 
 pub use throttle::{Throttle, Throttled};
-pub use users_file::{UserRecord, UsersFile, hash_password};
+pub use users_file::{UserRecord, UsersFile, UsersFileError, hash_password};
 
 use async_trait::async_trait;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use crate::ticket::EpochMs;
+use crate::clock::EpochMs;
 
 /// A refused attempt, with when the client may try again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

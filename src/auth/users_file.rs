@@ -1,7 +1,6 @@
 //! Users kept in TOML with argon2id password hashes: the built-in [`Authenticator`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::Arc;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -10,7 +9,6 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::{AuthError, Authenticator};
-use crate::config::ConfigError;
 use crate::ticket::Principal;
 
 /// One user as written in a users file or inline in the config:
@@ -28,6 +26,24 @@ pub struct UserRecord {
     pub password_hash: String,
     #[serde(default)]
     pub attributes: BTreeMap<String, OneOrMany>,
+}
+
+impl UserRecord {
+    /// Whether the hash is one `casd` can verify; the reason when it is not.
+    pub fn check(&self) -> Result<(), &'static str> {
+        PasswordHash::new(&self.password_hash)
+            .map(|_| ())
+            .map_err(|_| "is not a PHC string; make one with `casd hash-password`")
+    }
+}
+
+/// What is wrong with a users file.
+#[derive(Debug, thiserror::Error)]
+pub enum UsersFileError {
+    #[error("{0}")]
+    Parse(String),
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: &'static str },
 }
 
 /// An attribute written as one string or as a list of strings.
@@ -80,21 +96,11 @@ impl UsersFile {
         Self { users: Arc::new(users), decoy_hash: Arc::new(decoy_hash) }
     }
 
-    /// Reads a users file; errors name the file and the offending user.
-    pub fn read(path: &Path) -> Result<Vec<UserRecord>, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: file.clone(), source })?;
-        let parsed: UsersFileText =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { file: file.clone(), detail: e.to_string() })?;
+    /// Parses the text of a users file; an error names the offending key.
+    pub fn parse(text: &str) -> Result<Vec<UserRecord>, UsersFileError> {
+        let parsed: UsersFileText = toml::from_str(text).map_err(|e| UsersFileError::Parse(e.to_string()))?;
         for (i, u) in parsed.users.iter().enumerate() {
-            if PasswordHash::new(&u.password_hash).is_err() {
-                return Err(ConfigError::Invalid {
-                    file,
-                    key: format!("users[{i}].password_hash"),
-                    value: "<hidden>".into(),
-                    reason: "is not a PHC string; make one with `casd hash-password`".into(),
-                });
-            }
+            u.check().map_err(|reason| UsersFileError::Invalid { key: format!("users[{i}].password_hash"), reason })?;
         }
         Ok(parsed.users)
     }

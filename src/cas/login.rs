@@ -14,8 +14,9 @@ use super::pages::{LoginForm, Tone};
 use super::params::{Params, Query};
 use super::services::with_query_param;
 use super::{AppState, found};
+use crate::clock::now_ms;
 use crate::registry::RegistryError;
-use crate::ticket::{TicketId, TicketKind, now_ms};
+use crate::ticket::{TicketId, TicketKind};
 use std::sync::atomic::Ordering;
 
 /// What `GET /login` must do, decided from the facts of the request alone.

@@ -1,7 +1,7 @@
 //! The CAS protocol layer: HTTP endpoints, response rendering, the login page, the service registry, single logout
-//! and the proxy callback client. Knows tickets and the [`TicketRegistry`], never the cluster.
+//! and the proxy callback client. Knows tickets and the [`TicketRegistry`], never the cluster: the operators'
+//! endpoints live in `crate::ops`.
 
-mod cluster_status;
 pub mod cookie;
 pub mod error;
 pub mod login;
@@ -38,10 +38,6 @@ pub struct App {
     pub pgt_callback: pgt_callback::PgtCallback,
     /// Release attributes on the CAS 2.0 validation endpoints too.
     pub cas2_attributes: bool,
-    /// The cluster as this node sees it; `None` for a single node.
-    pub cluster: Option<tokio::sync::watch::Receiver<crate::cluster::ClusterStatus>>,
-    /// Replication counters, read at scrape time; `None` for a single node.
-    pub replication: Option<Box<dyn Fn() -> crate::cluster::replication::ReplicationCounts + Send + Sync>>,
     pub metrics: metrics::Metrics,
 }
 

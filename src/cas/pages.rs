@@ -34,7 +34,6 @@ impl Pages {
             ("login.html", include_str!("templates/login.html")),
             ("message.html", include_str!("templates/message.html")),
             ("post_redirect.html", include_str!("templates/post_redirect.html")),
-            ("cluster.html", include_str!("templates/cluster.html")),
         ] {
             env.add_template(name, text).expect("built-in templates are valid");
         }
@@ -73,12 +72,6 @@ impl Pages {
         let (link_url, link_text) = link.unzip();
         let ctx = context! { title, message, tone, link_url, link_text };
         (status, self.render("message.html", ctx)).into_response()
-    }
-
-    /// The cluster status page for operators.
-    pub fn cluster(&self, status: &crate::cluster::ClusterStatus) -> Response {
-        let live = status.view().len();
-        self.render("cluster.html", context! { s => status, live }).into_response()
     }
 
     /// `method=POST` (CAS 3.0 §2.1.1): a form that posts the ticket to the service; a button if scripts are off.

@@ -9,8 +9,8 @@ use super::AppState;
 use super::error::{CasCode, CasFailure};
 use super::params::Query;
 use super::render;
+use crate::clock::now_ms;
 use crate::registry::RegistryError;
-use crate::ticket::now_ms;
 
 #[tracing::instrument(skip_all)]
 pub async fn proxy(State(app): State<AppState>, Query(p): Query) -> Response {

@@ -6,9 +6,10 @@ use axum::http::header::{CACHE_CONTROL, EXPIRES, PRAGMA};
 use axum::response::{Redirect, Response};
 use axum::routing::{get, post};
 
-use super::{AppState, cluster_status, login, logout, metrics, proxy, saml, validate};
+use super::{AppState, login, logout, proxy, saml, validate};
 
-pub fn router(app: AppState) -> Router {
+/// The CAS endpoints under `base_path`, with `extra` (the ops endpoints) beside them.
+pub fn router(app: AppState, extra: Router) -> Router {
     let base = app.base_path.clone();
     let cas = Router::new()
         .route("/", get(login::to_login))
@@ -21,13 +22,9 @@ pub fn router(app: AppState) -> Router {
         .route("/p3/proxyValidate", get(validate::v3_proxy).post(validate::v3_proxy))
         .route("/proxy", get(proxy::proxy))
         .route("/samlValidate", post(saml::validate))
-        .route("/cluster", get(cluster_status::json))
-        .route("/cluster.html", get(cluster_status::html))
-        .route("/metrics", get(metrics::metrics))
-        .route("/health", get(metrics::health))
-        .route("/ready", get(metrics::ready))
-        .layer(axum::middleware::map_response(no_store))
-        .with_state(app);
+        .with_state(app)
+        .merge(extra)
+        .layer(axum::middleware::map_response(no_store));
     let login_path = format!("{base}/login");
     Router::new().nest(&base, cas).route("/", get(move || async move { Redirect::to(&login_path) }))
 }

@@ -15,7 +15,8 @@ use super::AppState;
 use super::params::Query;
 use super::render::xml_escape;
 use super::services::same_service;
-use crate::ticket::{Principal, now_ms};
+use crate::clock::now_ms;
+use crate::ticket::Principal;
 
 /// What the SOAP request carries.
 #[derive(Debug, Default, PartialEq, Eq)]

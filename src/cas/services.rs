@@ -1,8 +1,41 @@
 //! The service registry: which applications may use this CAS server, what they may do, and what they are told.
 
 use regex::Regex;
+use serde::Deserialize;
 
-use crate::config::ServiceConfig;
+/// One `[[services]]` entry as the config file writes it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDefinition {
+    /// Unique id; when several patterns match, the lowest id wins.
+    pub id: u32,
+    pub name: String,
+    /// Regular expression matched against the whole service URL.
+    pub pattern: String,
+    /// Regular expression for the `pgtUrl`s this service may use; absent = this service may not proxy.
+    #[serde(default)]
+    pub proxy_callback_pattern: Option<String>,
+    /// Send back-channel single logout to this service.
+    #[serde(default = "yes")]
+    pub slo: bool,
+    /// Attributes released to this service; `["*"]` releases all.
+    #[serde(default)]
+    pub release: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A pattern that does not compile: which service (by position) and which field.
+#[derive(Debug, thiserror::Error)]
+#[error("services[{index}].{field}: {source}")]
+pub struct PatternError {
+    pub index: usize,
+    pub field: &'static str,
+    pub pattern: String,
+    pub source: regex::Error,
+}
 
 /// A registered service, compiled from config.
 #[derive(Debug)]
@@ -38,22 +71,30 @@ pub struct ServiceRegistry {
 }
 
 impl ServiceRegistry {
-    /// Compiles the configured services. Patterns were checked by config validation; they are anchored here so a
-    /// pattern always matches the whole URL (Apereo's default full-regex matching).
-    pub fn new(configs: &[ServiceConfig]) -> Result<Self, regex::Error> {
-        let mut services = configs
+    /// Compiles the configured services, once. Patterns are anchored so that a pattern always matches the whole URL
+    /// (Apereo's default full-regex matching).
+    pub fn new(definitions: &[ServiceDefinition]) -> Result<Self, PatternError> {
+        let compile = |index, field, pattern: &str| {
+            anchored(pattern).map_err(|source| PatternError { index, field, pattern: pattern.to_owned(), source })
+        };
+        let mut services = definitions
             .iter()
-            .map(|c| {
+            .enumerate()
+            .map(|(i, c)| {
                 Ok(RegisteredService {
                     id: c.id,
                     name: c.name.clone(),
-                    pattern: anchored(&c.pattern)?,
-                    proxy_callback: c.proxy_callback_pattern.as_deref().map(anchored).transpose()?,
+                    pattern: compile(i, "pattern", &c.pattern)?,
+                    proxy_callback: c
+                        .proxy_callback_pattern
+                        .as_deref()
+                        .map(|p| compile(i, "proxy_callback_pattern", p))
+                        .transpose()?,
                     slo: c.slo,
                     release: c.release.clone(),
                 })
             })
-            .collect::<Result<Vec<_>, regex::Error>>()?;
+            .collect::<Result<Vec<_>, PatternError>>()?;
         services.sort_by_key(|s| s.id);
         Ok(Self { services })
     }
@@ -111,7 +152,7 @@ mod tests {
     use super::*;
 
     fn registry() -> ServiceRegistry {
-        let svc = |id, pattern: &str, proxy: Option<&str>| ServiceConfig {
+        let svc = |id, pattern: &str, proxy: Option<&str>| ServiceDefinition {
             id,
             name: format!("s{id}"),
             pattern: pattern.into(),

@@ -16,8 +16,9 @@ use super::error::{CasCode, CasFailure};
 use super::params::{Params, Query};
 use super::render::{self, AttrValue, Success};
 use super::services::same_service;
+use crate::clock::now_ms;
 use crate::registry::Consumed;
-use crate::ticket::{Pgt, TicketKind, now_ms};
+use crate::ticket::{Pgt, TicketKind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Endpoint {

@@ -6,12 +6,38 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::drops::DropCounters;
 use super::seal::{Opener, Purpose, Sealer};
-use crate::config::MulticastConfig;
-use crate::ticket::now_ms;
+use crate::clock::now_ms;
+
+/// LAN discovery by sealed multicast beacons (`[cluster.multicast]` in the config file).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MulticastSettings {
+    pub enabled: bool,
+    pub group: Ipv4Addr,
+    pub port: u16,
+    pub ttl: u32,
+    #[serde(with = "humantime_serde")]
+    pub interval: std::time::Duration,
+    /// Local interface address to send and join on; unspecified = the system's choice.
+    pub interface: Ipv4Addr,
+}
+
+impl Default for MulticastSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            group: Ipv4Addr::new(239, 255, 42, 99),
+            port: 7400,
+            ttl: 1,
+            interval: std::time::Duration::from_secs(1),
+            interface: Ipv4Addr::UNSPECIFIED,
+        }
+    }
+}
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Beacon {
@@ -22,7 +48,7 @@ pub struct Beacon {
 
 /// The socket: bound to the group's port on all addresses, reusable so several nodes on one host can listen, joined
 /// to the group on the configured interface, with the configured TTL and loopback on.
-pub fn multicast_socket(cfg: &MulticastConfig) -> std::io::Result<tokio::net::UdpSocket> {
+pub fn multicast_socket(cfg: &MulticastSettings) -> std::io::Result<tokio::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_address(true)?;
@@ -39,17 +65,17 @@ pub fn multicast_socket(cfg: &MulticastConfig) -> std::io::Result<tokio::net::Ud
     tokio::net::UdpSocket::from_std(socket.into())
 }
 
-/// Sends beacons and feeds discovered peers to `found` until `stopped` turns true.
+/// Sends beacons and feeds discovered peers to `found` until `stop` is cancelled.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
-    cfg: MulticastConfig,
+    cfg: MulticastSettings,
     socket: tokio::net::UdpSocket,
     sealer: Arc<Sealer>,
     mut opener: Opener,
     me: Beacon,
     drops: Arc<DropCounters>,
     found: impl Fn(SocketAddr) + Send + Sync,
-    mut stopped: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let group = SocketAddr::V4(SocketAddrV4::new(cfg.group, cfg.port));
     let beacon = postcard::to_allocvec(&me).expect("a beacon always serialises");
@@ -57,7 +83,7 @@ pub async fn run(
     let mut buf = vec![0u8; 2048];
     loop {
         tokio::select! {
-            _ = async { let _ = stopped.wait_for(|s| *s).await; } => return,
+            _ = stop.cancelled() => return,
             _ = tick.tick() => {
                 let frame = sealer.seal(Purpose::Beacon, &beacon, now_ms());
                 if let Err(e) = socket.send_to(&frame, group).await {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 use super::seal::SealError;
-use crate::ticket::now_ms;
+use crate::clock::now_ms;
 
 const WARN_EVERY_MS: u64 = 10_000;
 

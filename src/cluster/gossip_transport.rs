@@ -12,7 +12,7 @@ use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport};
 
 use super::drops::DropCounters;
 use super::seal::{Opener, Purpose, Sealer};
-use crate::ticket::now_ms;
+use crate::clock::now_ms;
 
 /// The largest UDP payload; a sealed frame over it cannot be sent and is dropped (and counted).
 pub const MAX_DATAGRAM: usize = 65_507;

@@ -22,7 +22,7 @@ use hkdf::Hkdf;
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use sha2::Sha256;
 
-use crate::ticket::EpochMs;
+use crate::clock::EpochMs;
 
 const MAGIC: &[u8; 2] = b"CS";
 const VERSION: u8 = 1;

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use dashmap::DashMap;
 
-use crate::ticket::{EpochMs, ExpiryPolicy, Ticket, TicketId};
+use crate::clock::EpochMs;
+use crate::ticket::{ExpiryPolicy, Ticket, TicketId};
 
 /// Why a map could not carry out an operation. A ticket that is simply absent is `Ok(None)`, not an error.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

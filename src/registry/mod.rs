@@ -8,10 +8,14 @@ pub mod replicated;
 use std::sync::Arc;
 
 pub use map::{LocalMap, MapError, TicketMap};
+use replicated::{MapPolicy, ReplicatedMap};
 
+use crate::cluster::MapSet;
+use crate::cluster::replication::replica::{MapId, MapReplica, Replicas};
+
+use crate::clock::EpochMs;
 use crate::ticket::{
-    EpochMs, ExpiryPolicy, IdGenerator, LoginTicket, Pgt, Principal, ServiceTicket, Tgt, TgtChange, Ticket, TicketId,
-    TicketKind,
+    ExpiryPolicy, IdGenerator, LoginTicket, Pgt, Principal, ServiceTicket, Tgt, TgtChange, Ticket, TicketId, TicketKind,
 };
 
 /// One map per ticket kind. PGTIOUs are never stored: they live only in the validation response and the callback.
@@ -22,35 +26,34 @@ pub struct Maps {
     pub pt: Arc<dyn TicketMap<ServiceTicket>>,
     pub pgt: Arc<dyn TicketMap<Pgt>>,
     pub lt: Arc<dyn TicketMap<LoginTicket>>,
+    /// The same maps as replication serves them to peers; empty for a single node's local maps.
+    served: Vec<(MapId, Arc<dyn MapReplica>)>,
+}
+
+impl MapSet for Maps {
+    fn replicas(&self) -> Vec<(MapId, Arc<dyn MapReplica>)> {
+        self.served.clone()
+    }
 }
 
 impl Maps {
-    /// Maps replicated to the whole cluster through `replicator`, registered with it for incoming changes.
-    pub fn replicated(
-        replicator: &Arc<crate::cluster::replication::Replicator>,
-        expiry: &ExpiryPolicy,
-        min_copies: usize,
-    ) -> Self {
-        use replicated::{MapPolicy, ReplicatedMap};
-        // A tombstone must outlive every copy of the ticket it removes, clocks a little apart included.
-        let margin = std::time::Duration::from_secs(60);
-        let policy = |index, owner_consumes, min_copies, lifetime: std::time::Duration| MapPolicy {
-            index,
-            owner_consumes,
-            min_copies,
-            tombstone_ttl: lifetime + margin,
-        };
-        let replicas: Arc<dyn crate::cluster::replication::Replicas> = Arc::new(replicator.clone());
-        let tgt = Arc::new(ReplicatedMap::<Tgt>::new(
-            policy(0, false, min_copies, expiry.tgt_max_lifetime),
-            replicas.clone(),
-        ));
-        let st = Arc::new(ReplicatedMap::<ServiceTicket>::new(policy(1, true, 1, expiry.st_ttl), replicas.clone()));
-        let pt = Arc::new(ReplicatedMap::<ServiceTicket>::new(policy(2, true, 1, expiry.pt_ttl), replicas.clone()));
-        let pgt = Arc::new(ReplicatedMap::<Pgt>::new(policy(3, false, 1, expiry.tgt_max_lifetime), replicas.clone()));
-        let lt = Arc::new(ReplicatedMap::<LoginTicket>::new(policy(4, true, 1, expiry.lt_ttl), replicas));
-        replicator.register_maps(vec![tgt.clone(), st.clone(), pt.clone(), pgt.clone(), lt.clone()]);
-        Self { tgt, st, pt, pgt, lt }
+    /// Maps replicated to the whole cluster through `replicas`, each with its [`MapPolicy`]; `session_min_copies`
+    /// is `cluster.min_copies`.
+    pub fn replicated(replicas: Arc<dyn Replicas>, expiry: &ExpiryPolicy, session_min_copies: usize) -> Self {
+        let policy = |map| MapPolicy::of(map, expiry, session_min_copies);
+        let tgt = Arc::new(ReplicatedMap::<Tgt>::new(policy(MapId::Tgt), replicas.clone()));
+        let st = Arc::new(ReplicatedMap::<ServiceTicket>::new(policy(MapId::St), replicas.clone()));
+        let pt = Arc::new(ReplicatedMap::<ServiceTicket>::new(policy(MapId::Pt), replicas.clone()));
+        let pgt = Arc::new(ReplicatedMap::<Pgt>::new(policy(MapId::Pgt), replicas.clone()));
+        let lt = Arc::new(ReplicatedMap::<LoginTicket>::new(policy(MapId::Lt), replicas));
+        let served: Vec<(MapId, Arc<dyn MapReplica>)> = vec![
+            (MapId::Tgt, tgt.clone()),
+            (MapId::St, st.clone()),
+            (MapId::Pt, pt.clone()),
+            (MapId::Pgt, pgt.clone()),
+            (MapId::Lt, lt.clone()),
+        ];
+        Self { tgt, st, pt, pgt, lt, served }
     }
 
     /// In-memory maps for a single node.
@@ -61,6 +64,7 @@ impl Maps {
             pt: Arc::new(LocalMap::default()),
             pgt: Arc::new(LocalMap::default()),
             lt: Arc::new(LocalMap::default()),
+            served: Vec::new(),
         }
     }
 }

@@ -17,10 +17,10 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 
 use super::map::{MapError, TicketMap};
+use crate::clock::{EpochMs, now_ms};
 use crate::cluster::replication::digest::{self, BucketDigest, Digest, live_hash, removed_hash};
-use crate::cluster::replication::wire::{Entry, Op, Reply};
-use crate::cluster::replication::{MapReplica, Owner, Replicas};
-use crate::ticket::{EpochMs, ExpiryPolicy, Ticket, TicketId, now_ms};
+use crate::cluster::replication::replica::{Entry, MapId, MapReplica, NotOwner, Owner, Replicas};
+use crate::ticket::{ExpiryPolicy, Ticket, TicketId};
 
 /// Above this many entries, a removal of an unknown id leaves no tombstone.
 const MAX_SLOTS_FOR_BLIND_REMOVAL: usize = 1_000_000;
@@ -55,17 +55,41 @@ impl<V> Slot<V> {
     }
 }
 
+/// Who may take (consume or remove) a ticket of a map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consumption {
+    /// Any node: the removal is replicated before the caller goes on (logout of a TGT, PGTs of an ended session).
+    AnyNode,
+    /// Only the boot of the node that issued it (one-time tickets, invariant 1); other nodes forward the consume.
+    IssuingNode,
+}
+
 /// How one map behaves in the cluster.
 #[derive(Clone, Copy, Debug)]
 pub struct MapPolicy {
-    /// Its number on the wire.
-    pub index: u8,
-    /// Consumption decided by the issuing node only (one-time tickets).
-    pub owner_consumes: bool,
+    pub map: MapId,
+    pub consumption: Consumption,
     /// Copies (this node's included) a new ticket must reach, or its creation fails.
     pub min_copies: usize,
     /// How long a tombstone outlives the removal: the kind's longest lifetime plus a margin.
     pub tombstone_ttl: Duration,
+}
+
+impl MapPolicy {
+    /// The policy of each map, decided here and nowhere else. `session_min_copies` applies to new SSO sessions
+    /// (`cluster.min_copies`); a one-time ticket needs no copy but its issuer's, which alone decides it.
+    pub fn of(map: MapId, expiry: &ExpiryPolicy, session_min_copies: usize) -> Self {
+        let (consumption, lifetime, min_copies) = match map {
+            MapId::Tgt => (Consumption::AnyNode, expiry.tgt_max_lifetime, session_min_copies),
+            MapId::Pgt => (Consumption::AnyNode, expiry.tgt_max_lifetime, 1),
+            MapId::St => (Consumption::IssuingNode, expiry.st_ttl, 1),
+            MapId::Pt => (Consumption::IssuingNode, expiry.pt_ttl, 1),
+            MapId::Lt => (Consumption::IssuingNode, expiry.lt_ttl, 1),
+        };
+        // A tombstone must outlive every copy of the ticket it removes, clocks a little apart included.
+        let margin = Duration::from_secs(60);
+        Self { map, consumption, min_copies, tombstone_ttl: lifetime + margin }
+    }
 }
 
 pub struct ReplicatedMap<V> {
@@ -81,23 +105,27 @@ impl<V: Ticket> ReplicatedMap<V> {
         Self { policy, slots: DashMap::new(), digest: Digest::default(), replicator }
     }
 
-    /// The op that replicates `value`, and the value's digest hash.
-    fn put_op(&self, id: &TicketId, value: &V) -> (Op, u64) {
+    /// The entry that replicates `value`, and the value's digest hash.
+    fn live_entry(id: &TicketId, value: &V) -> (Entry, u64) {
         let value = postcard::to_allocvec(value).expect("tickets always serialise");
         let hash = live_hash(id.as_str(), &value);
-        (Op::Put { map: self.policy.index, id: id.to_string(), value }, hash)
+        (Entry::Live { id: id.to_string(), value }, hash)
     }
 
-    fn remove_op(&self, id: &TicketId) -> (Op, EpochMs) {
+    fn tombstone_entry(&self, id: &TicketId) -> (Entry, EpochMs) {
         let gc_after = now_ms() + self.policy.tombstone_ttl.as_millis() as u64;
-        (Op::Remove { map: self.policy.index, id: id.to_string(), gc_after }, gc_after)
+        (Entry::Removed { id: id.to_string(), gc_after }, gc_after)
+    }
+
+    async fn replicate(&self, entry: Entry) -> usize {
+        self.replicator.replicate(self.policy.map, entry).await
     }
 
     /// Turns a live entry into a tombstone, atomically (at most one caller gets the value), and returns it with the
-    /// op that tells the peers. An id this node does not hold is left alone here; only a logout may remove one
+    /// entry that tells the peers. An id this node does not hold is left alone here; only a logout may remove one
     /// (`remove_unknown`, bounded), so made-up ticket ids cannot fill the map with tombstones.
-    fn tombstone(&self, id: &TicketId) -> Option<(Arc<V>, Op)> {
-        let (op, gc_after) = self.remove_op(id);
+    fn tombstone(&self, id: &TicketId) -> Option<(Arc<V>, Entry)> {
+        let (op, gc_after) = self.tombstone_entry(id);
         let mut held = self.slots.get_mut(id)?;
         let slot = &mut held.slot;
         if !matches!(*slot, Slot::Live(..)) {
@@ -116,7 +144,7 @@ impl<V: Ticket> ReplicatedMap<V> {
     /// Removes a ticket and waits until the peers hold the tombstone (logout: invariant 3).
     async fn remove_and_replicate(&self, id: &TicketId) -> Option<Arc<V>> {
         let (value, op) = self.tombstone(id)?;
-        self.replicator.replicate(op).await;
+        self.replicate(op).await;
         Some(value)
     }
 
@@ -127,7 +155,7 @@ impl<V: Ticket> ReplicatedMap<V> {
         if self.slots.len() >= MAX_SLOTS_FOR_BLIND_REMOVAL {
             return;
         }
-        let (op, gc_after) = self.remove_op(id);
+        let (op, gc_after) = self.tombstone_entry(id);
         let inserted = match self.slots.entry(id.clone()) {
             MapEntry::Vacant(e) => {
                 self.digest.change(id.as_str(), None, Some(removed_hash(id.as_str())));
@@ -137,7 +165,7 @@ impl<V: Ticket> ReplicatedMap<V> {
             MapEntry::Occupied(_) => false,
         };
         if inserted {
-            self.replicator.replicate(op).await;
+            self.replicate(op).await;
         }
     }
 
@@ -146,9 +174,9 @@ impl<V: Ticket> ReplicatedMap<V> {
     /// after the answer instead of before, which saves the caller a round trip to every peer.
     fn consume_here(&self, id: &TicketId) -> Option<Arc<V>> {
         let (value, op) = self.tombstone(id)?;
-        let replicator = self.replicator.clone();
+        let (replicator, map) = (self.replicator.clone(), self.policy.map);
         tokio::spawn(async move {
-            replicator.replicate(op).await;
+            replicator.replicate(map, op).await;
         });
         Some(value)
     }
@@ -161,11 +189,11 @@ impl<V: Ticket> ReplicatedMap<V> {
 #[async_trait]
 impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
     async fn insert(&self, id: &TicketId, value: V) -> Result<(), MapError> {
-        let (op, hash) = self.put_op(id, &value);
+        let (op, hash) = Self::live_entry(id, &value);
         let before = self.slots.insert(id.clone(), Held::new(id.as_str(), Slot::Live(Arc::new(value), hash)));
         // Outside the slot's lock, but each replaced state is reported exactly once, and XOR does not mind order.
         self.digest.change(id.as_str(), before.map(|b| b.slot.hash(id)), Some(hash));
-        let copies = self.replicator.replicate(op).await;
+        let copies = self.replicate(op).await;
         if copies < self.policy.min_copies {
             // Too fragile to hand out: withdraw it everywhere it reached.
             self.remove_and_replicate(id).await;
@@ -182,7 +210,7 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
     }
 
     async fn take(&self, id: &TicketId) -> Result<Option<Arc<V>>, MapError> {
-        if !self.policy.owner_consumes {
+        if self.policy.consumption == Consumption::AnyNode {
             if let Some(value) = self.remove_and_replicate(id).await {
                 return Ok(Some(value));
             }
@@ -194,11 +222,11 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
             tracing::error!("built with unsafe-local-consume: consuming without the owner (chaos checker test)");
             return Ok(self.consume_here(id));
         }
-        match self.replicator.owner(&origin) {
+        match self.replicator.owner(&origin.node, origin.generation) {
             Owner::Me => Ok(self.consume_here(id)),
-            Owner::Peer(owner) => {
+            owner @ Owner::Peer { .. } => {
                 let value =
-                    self.replicator.forward_consume(&owner, self.policy.index, id.as_str()).await.map_err(|e| {
+                    self.replicator.forward_consume(&owner, self.policy.map, id.as_str()).await.map_err(|e| {
                         tracing::info!(ticket = %id.redacted(), error = %e, "owner could not consume; refusing");
                         MapError::OwnerUnreachable
                     })?;
@@ -215,7 +243,7 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
                 Slot::Live(v, hash) => {
                     let v = Arc::make_mut(v);
                     v.apply(&change);
-                    let (op, after) = self.put_op(id, v);
+                    let (op, after) = Self::live_entry(id, v);
                     self.digest.change(id.as_str(), Some(*hash), Some(after));
                     *hash = after;
                     op
@@ -224,7 +252,7 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
             },
             None => return Ok(false),
         };
-        self.replicator.replicate(op).await;
+        self.replicate(op).await;
         Ok(true)
     }
 
@@ -273,9 +301,9 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
 
 #[async_trait]
 impl<V: Ticket> MapReplica for ReplicatedMap<V> {
-    fn apply(&self, op: &Op) {
-        match op {
-            Op::Put { id: raw, value: bytes, .. } => {
+    fn apply(&self, entry: &Entry) {
+        match entry {
+            Entry::Live { id: raw, value: bytes } => {
                 let (Ok(id), Some(value)) = (TicketId::parse(raw), Self::decode(bytes)) else { return };
                 match self.slots.entry(id) {
                     MapEntry::Occupied(mut e) => {
@@ -295,7 +323,7 @@ impl<V: Ticket> MapReplica for ReplicatedMap<V> {
                     }
                 }
             }
-            Op::Remove { id: raw, gc_after, .. } => {
+            Entry::Removed { id: raw, gc_after } => {
                 let Ok(id) = TicketId::parse(raw) else { return };
                 match self.slots.entry(id) {
                     MapEntry::Vacant(e) => {
@@ -318,13 +346,13 @@ impl<V: Ticket> MapReplica for ReplicatedMap<V> {
         }
     }
 
-    async fn consume_as_owner(&self, id: &str) -> Reply {
-        let Ok(id) = TicketId::parse(id) else { return Reply::Consumed(None) };
-        if !id.origin().is_some_and(|o| self.replicator.owner(&o) == Owner::Me) {
-            return Reply::NotOwner;
+    async fn consume_as_owner(&self, id: &str) -> Result<Option<Vec<u8>>, NotOwner> {
+        let Ok(id) = TicketId::parse(id) else { return Ok(None) };
+        if !id.origin().is_some_and(|o| self.replicator.owner(&o.node, o.generation) == Owner::Me) {
+            return Err(NotOwner);
         }
         let value = self.consume_here(&id);
-        Reply::Consumed(value.map(|v| postcard::to_allocvec(&*v).expect("tickets always serialise")))
+        Ok(value.map(|v| postcard::to_allocvec(&*v).expect("tickets always serialise")))
     }
 
     fn digest(&self) -> Vec<BucketDigest> {
@@ -358,37 +386,34 @@ impl<V: Ticket> MapReplica for ReplicatedMap<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::membership::MemberInfo;
-    use crate::cluster::replication::ReplicaError;
-    use crate::ticket::{IdGenerator, Origin, Principal, Tgt, TgtChange, TicketKind};
+    use crate::cluster::replication::replica::ReplicaError;
+    use crate::ticket::{IdGenerator, Principal, Tgt, TgtChange, TicketKind};
 
     /// A cluster of one: every write has one copy, every ticket is this node's.
     struct Alone;
 
     #[async_trait]
     impl Replicas for Alone {
-        async fn replicate(&self, _op: Op) -> usize {
+        async fn replicate(&self, _map: MapId, _entry: Entry) -> usize {
             1
         }
 
-        fn owner(&self, _origin: &Origin) -> Owner {
+        fn owner(&self, _node: &str, _generation: u64) -> Owner {
             Owner::Me
         }
 
         async fn forward_consume(
             &self,
-            owner: &MemberInfo,
-            _map: u8,
+            _owner: &Owner,
+            _map: MapId,
             _id: &str,
         ) -> Result<Option<Vec<u8>>, ReplicaError> {
-            Err(ReplicaError::LinkDown { node: owner.node.clone() })
+            Err(ReplicaError::LinkDown { node: "none".into() })
         }
     }
 
     fn map() -> ReplicatedMap<Tgt> {
-        let policy =
-            MapPolicy { index: 0, owner_consumes: false, min_copies: 1, tombstone_ttl: Duration::from_secs(60) };
-        ReplicatedMap::new(policy, Arc::new(Alone))
+        ReplicatedMap::new(MapPolicy::of(MapId::Tgt, &ExpiryPolicy::default(), 1), Arc::new(Alone))
     }
 
     fn tgt(created: EpochMs) -> Tgt {
@@ -408,7 +433,7 @@ mod tests {
         let expiry = ExpiryPolicy::default();
         let late = expiry.tgt_max_lifetime.as_millis() as u64 + 1;
         assert_eq!(m.sweep(&expiry, late).await.len(), 1, "found expired once");
-        m.apply(&Op::Put { map: 0, id: id.to_string(), value: postcard::to_allocvec(&tgt(0)).expect("ser") });
+        m.apply(&Entry::Live { id: id.to_string(), value: postcard::to_allocvec(&tgt(0)).expect("ser") });
         assert!(m.get(&id).await.is_none(), "a stale copy from a peer does not bring it back");
         assert!(m.sweep(&expiry, late + 1).await.is_empty(), "and it is not found expired a second time");
     }
@@ -417,8 +442,8 @@ mod tests {
     async fn removal_wins_over_any_copy_in_any_order() {
         let (a, b) = (map(), map());
         let id = IdGenerator::new("n", 1).mint(TicketKind::Tgt);
-        let put = Op::Put { map: 0, id: id.to_string(), value: postcard::to_allocvec(&tgt(5)).expect("ser") };
-        let remove = Op::Remove { map: 0, id: id.to_string(), gc_after: u64::MAX };
+        let put = Entry::Live { id: id.to_string(), value: postcard::to_allocvec(&tgt(5)).expect("ser") };
+        let remove = Entry::Removed { id: id.to_string(), gc_after: u64::MAX };
         a.apply(&put);
         a.apply(&remove);
         b.apply(&remove);
@@ -454,18 +479,19 @@ mod tests {
         assert_eq!(m.digest(), afresh(&m), "after a change");
         let mut other = tgt(1);
         other.apply(&TgtChange::Granted { ticket: "ST-2".into(), service: "https://b.example".into(), at: 60 });
-        m.apply(&Op::Put { map: 0, id: kept[1].to_string(), value: postcard::to_allocvec(&other).expect("ser") });
+        m.apply(&Entry::Live { id: kept[1].to_string(), value: postcard::to_allocvec(&other).expect("ser") });
         assert_eq!(m.digest(), afresh(&m), "after a merge");
         m.take(&kept[2]).await.expect("take");
         m.take(&ids.mint(TicketKind::Tgt)).await.expect("blind removal");
-        m.apply(&Op::Remove { map: 0, id: kept[3].to_string(), gc_after: 10 });
-        m.apply(&Op::Remove { map: 0, id: ids.mint(TicketKind::Tgt).to_string(), gc_after: 10 });
+        m.apply(&Entry::Removed { id: kept[3].to_string(), gc_after: 10 });
+        m.apply(&Entry::Removed { id: ids.mint(TicketKind::Tgt).to_string(), gc_after: 10 });
         assert_eq!(m.digest(), afresh(&m), "after removals");
         let expiry = ExpiryPolicy::default();
         let late = expiry.tgt_max_lifetime.as_millis() as u64 + 100;
         assert!(!m.sweep(&expiry, late).await.is_empty());
         assert_eq!(m.digest(), afresh(&m), "after expiry");
-        m.sweep(&expiry, now_ms() + 3_600_000).await;
+        // Past every tombstone's lifetime: the longest TGT lifetime (8 h) plus the margin.
+        m.sweep(&expiry, now_ms() + 9 * 3_600_000).await;
         assert_eq!(m.digest(), afresh(&m), "after tombstones were collected");
         assert!(m.digest().iter().all(|d| d.entries == 0 && d.hash == 0), "an empty map has the empty digest");
     }

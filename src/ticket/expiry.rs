@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::kinds::EpochMs;
+use crate::clock::EpochMs;
 
 /// Lifetimes of each ticket kind (defaults follow Apereo CAS: ST/PT 10 s, TGT 8 h hard and 2 h idle).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,11 +36,6 @@ impl ExpiryPolicy {
     pub fn tgt_expired(&self, created: EpochMs, last_used: EpochMs, now: EpochMs) -> bool {
         Self::older_than(created, self.tgt_max_lifetime, now) || Self::older_than(last_used, self.tgt_idle_timeout, now)
     }
-}
-
-/// The wall clock in milliseconds since the epoch.
-pub fn now_ms() -> EpochMs {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -118,7 +118,7 @@ impl TicketId {
 }
 
 /// Redacts any ticket-like secret (ids, cookie values) for logging.
-pub fn redact(secret: &str) -> String {
+fn redact(secret: &str) -> String {
     let prefix = secret.split('-').next().unwrap_or_default();
     let prefix = if TicketKind::from_prefix(prefix).is_some() { prefix } else { "?" };
     let mut hasher = std::collections::hash_map::DefaultHasher::new();

@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::expiry::ExpiryPolicy;
-
-/// Milliseconds since the Unix epoch: the one time unit stored in tickets.
-pub type EpochMs = u64;
+pub use crate::clock::EpochMs;
 
 /// Who logged in, with the attributes the authenticator returned (each possibly multi-valued).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,8 +4,8 @@ pub mod expiry;
 pub mod id;
 pub mod kinds;
 
-pub use expiry::{ExpiryPolicy, now_ms};
-pub use id::{IdGenerator, Origin, TicketId, TicketIdError, TicketKind, redact};
+pub use expiry::ExpiryPolicy;
+pub use id::{IdGenerator, Origin, TicketId, TicketIdError, TicketKind};
 pub use kinds::{
     Attributes, EpochMs, Grant, LoginTicket, MAX_SERVICES_PER_TGT, Pgt, Principal, ServiceTicket, Tgt, TgtChange,
     Ticket,

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use casd::NodeHandle;
 use casd::cluster::membership::MemberStatus;
 use casd::cluster::seal::{ClusterKey, Purpose, Sealer};
-use casd::config::ClusterConfig;
 
 use crate::support::*;
 
@@ -14,20 +13,13 @@ const GOSSIP: Duration = Duration::from_millis(200);
 /// The detection bound this suite holds nodes to (gossip 200 ms, phi 8: expected about 1.6 s).
 const DETECTION_BOUND: Duration = Duration::from_secs(4);
 
-fn cluster(key: &ClusterKey, gossip_addr: &str, seeds: Vec<String>) -> ClusterConfig {
-    let loopback = "127.0.0.1:0".parse().expect("addr");
-    let mut c = ClusterConfig::new("casd-test", gossip_addr.parse().expect("addr"), loopback, key);
-    c.seeds = seeds;
-    c.gossip_interval = GOSSIP;
-    c.expected_size = 3;
-    c
-}
-
+/// Node `name` of a 3-node test cluster, gossiping on `gossip_addr` (port 0: any).
 async fn member(name: &str, key: &ClusterKey, gossip_addr: &str, seeds: Vec<String>) -> NodeHandle {
-    let c = cluster(key, gossip_addr, seeds);
     start(|config| {
-        config.node.name = name.into();
-        config.cluster = Some(c);
+        join_cluster(config, "casd-test", name, key, seeds, 3);
+        let c = config.cluster.as_mut().expect("clustered");
+        c.gossip_addr = gossip_addr.parse().expect("addr");
+        c.gossip_interval = GOSSIP;
     })
     .await
 }
@@ -143,8 +135,8 @@ async fn garbage_and_replayed_datagrams_are_dropped_and_counted() {
     let target = n1.cluster().expect("c").gossip_addr();
     let probe = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     probe.send_to(b"definitely not a sealed frame", target).await.expect("send");
-    let sealer = Sealer::new(&key, "casd-test", "probe", casd::ticket::now_ms());
-    let frame = sealer.seal(Purpose::Gossip, b"authentic but not chitchat", casd::ticket::now_ms());
+    let sealer = Sealer::new(&key, "casd-test", "probe", casd::clock::now_ms());
+    let frame = sealer.seal(Purpose::Gossip, b"authentic but not chitchat", casd::clock::now_ms());
     probe.send_to(&frame, target).await.expect("send");
     probe.send_to(&frame, target).await.expect("send again");
     wait_until(Duration::from_secs(5), "one malformed, one undecodable and one replayed drop", || async {

@@ -11,6 +11,7 @@ mod ops;
 mod proxy;
 mod replication;
 mod saml;
+mod shutdown;
 mod slo;
 mod support;
 mod tls;

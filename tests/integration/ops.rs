@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use casd::cluster::seal::ClusterKey;
-use casd::config::ClusterConfig;
 
 use crate::support::*;
 
@@ -50,15 +49,9 @@ async fn metrics_count_real_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness_follow_the_node() {
     let key = ClusterKey::generate();
-    let loopback = "127.0.0.1:0".parse().expect("addr");
-    let n1 = start(|c| c.cluster = Some(ClusterConfig::new("ops", loopback, loopback, &key))).await;
-    let mut c2 = ClusterConfig::new("ops", loopback, loopback, &key);
-    c2.seeds = vec![n1.cluster().expect("c").gossip_addr().to_string()];
-    let n2 = start(|c| {
-        c.node.name = "casd2".into();
-        c.cluster = Some(c2);
-    })
-    .await;
+    let n1 = start(|c| join_cluster(c, "ops", "casd1", &key, vec![], 1)).await;
+    let seeds = vec![n1.cluster().expect("c").gossip_addr().to_string()];
+    let n2 = start(|c| join_cluster(c, "ops", "casd2", &key, seeds, 1)).await;
     assert_eq!(get(format!("{}/health", n2.base_url())).await, (200, "ok\n".into()));
     wait_until(Duration::from_secs(5), "n2 ready", || async { get(format!("{}/ready", n2.base_url())).await.0 == 200 })
         .await;

@@ -4,24 +4,21 @@
 use std::time::Duration;
 
 use casd::NodeHandle;
-use casd::cluster::membership::MemberStatus;
+use casd::clock::now_ms;
+use casd::cluster::replication::replica::MapId;
 use casd::cluster::replication::wire::{Reply, ReplyEnvelope, Request, RequestEnvelope, append_frame, read_frame};
 use casd::cluster::seal::{ClusterKey, Opener, Purpose, Sealer};
-use casd::config::{ClusterConfig, Config};
-use casd::ticket::{Principal, now_ms};
+use casd::config::Config;
+use casd::ticket::Principal;
 
 use crate::support::*;
 
 const APP: &str = "http://127.0.0.1:9/app";
 
+/// Node `name` of the test cluster, gossiping every 100 ms so that the tests run quickly.
 fn clustered(config: &mut Config, name: &str, key: &ClusterKey, seeds: Vec<String>, size: usize) {
-    let loopback = "127.0.0.1:0".parse().expect("addr");
-    let mut c = ClusterConfig::new("casd-repl", loopback, loopback, key);
-    c.seeds = seeds;
-    c.gossip_interval = Duration::from_millis(100);
-    c.expected_size = size;
-    config.node.name = name.into();
-    config.cluster = Some(c);
+    join_cluster(config, "casd-repl", name, key, seeds, size);
+    config.cluster.as_mut().expect("clustered").gossip_interval = Duration::from_millis(100);
 }
 
 async fn node(
@@ -38,25 +35,13 @@ async fn node(
     .await
 }
 
-fn ready_view(n: &NodeHandle) -> Vec<String> {
-    let status = n.cluster().expect("clustered").status();
-    let view = status.borrow().view();
-    view.into_values().filter(|m| m.status == MemberStatus::Ready).map(|m| m.node).collect()
-}
-
 /// `size` nodes seeded from the first, all ready in every view.
 async fn cluster_of(size: usize, key: &ClusterKey, adjust: impl Fn(&mut Config)) -> Vec<NodeHandle> {
-    let first = node("n1", key, vec![], size, &adjust).await;
-    let seed = vec![first.cluster().expect("c").gossip_addr().to_string()];
-    let mut nodes = vec![first];
-    for i in 2..=size {
-        nodes.push(node(&format!("n{i}"), key, seed.clone(), size, &adjust).await);
-    }
-    wait_until(Duration::from_secs(10), "every node ready in every view", || async {
-        nodes.iter().all(|n| ready_view(n).len() == size)
-    })
-    .await;
-    nodes
+    let fast = |_: usize, c: &mut Config| {
+        c.cluster.as_mut().expect("clustered").gossip_interval = Duration::from_millis(100);
+        adjust(c);
+    };
+    TestCluster::with_key(key.clone(), "casd-repl", "n", size, fast).await.nodes
 }
 
 async fn stop_all(nodes: Vec<NodeHandle>) {
@@ -215,7 +200,7 @@ async fn a_joiner_holds_every_session_before_it_is_ready() {
     let peer = replicator.peers().into_iter().find(|m| m.node == "n1").expect("n1 in the view");
     assert_eq!(replicator.pull_all(&peer).await, Ok(0), "equal maps: nothing is pulled");
     wait_until(Duration::from_secs(5), "the joiner to be published as ready", || async {
-        ready_view(&first).contains(&"n2".to_string())
+        ready_members(&first).contains(&"n2".to_string())
     })
     .await;
     stop_all(vec![first, joiner]).await;
@@ -317,7 +302,8 @@ async fn replies_to_whole_requests_leave_before_a_partial_one_completes() {
     let sealer = Sealer::new(&key, "casd-repl", "probe", now_ms());
     let mut opener = Opener::for_recipient(&key, "casd-repl", Purpose::ReplicationReply, "probe");
     let request = |id| {
-        let payload = postcard::to_allocvec(&RequestEnvelope { id, body: Request::Digest { map: 0 } }).expect("ser");
+        let payload =
+            postcard::to_allocvec(&RequestEnvelope { id, body: Request::Digest { map: MapId::Tgt } }).expect("ser");
         let mut framed = Vec::new();
         append_frame(&mut framed, &sealer.seal_to(Purpose::Replication, "n1", &payload, now_ms())).expect("frame");
         framed

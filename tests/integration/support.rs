@@ -11,10 +11,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub const USER: &str = "casuser";
 pub const PASSWORD: &str = "Mellon";
 
+#[path = "../common/test_cluster.rs"]
+mod test_cluster;
+pub use test_cluster::*;
+
 /// The embedded demo config on an ephemeral port, changed by `adjust`.
 pub fn config(adjust: impl FnOnce(&mut Config)) -> Config {
-    let mut c = Config::embedded();
-    c.http.listen = "127.0.0.1:0".parse().expect("addr");
+    let mut c = loopback_config();
     adjust(&mut c);
     c
 }
@@ -285,10 +288,17 @@ impl TestCa {
 pub struct HttpsApp {
     pub url: String,
     pub seen: Arc<Mutex<Vec<(String, String, String)>>>,
+    /// Connections whose TLS handshake completed.
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl HttpsApp {
     pub async fn start(status: u16, ca: &TestCa) -> Self {
+        Self::start_slow(status, ca, Duration::ZERO).await
+    }
+
+    /// As [`HttpsApp::start`], answering each request only after `delay`.
+    pub async fn start_slow(status: u16, ca: &TestCa, delay: Duration) -> Self {
         let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
         let leaf_params =
             rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("leaf params");
@@ -302,18 +312,21 @@ impl HttpsApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("https://127.0.0.1:{}/pgtCallback", listener.local_addr().expect("addr").port());
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = seen.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (record, count) = (seen.clone(), accepted.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (acceptor, record) = (acceptor.clone(), record.clone());
+                let (acceptor, record, count) = (acceptor.clone(), record.clone(), count.clone());
                 tokio::spawn(async move {
                     if let Ok(tls) = acceptor.accept(stream).await {
+                        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tokio::time::sleep(delay).await;
                         serve_one(tls, record, status).await;
                     }
                 });
             }
         });
-        Self { url, seen }
+        Self { url, seen, accepted }
     }
 
     /// The query strings of the GETs received.

@@ -13,13 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use casd::cluster::membership::{MemberInfo, MemberStatus};
 use casd::cluster::replication::digest::{all_buckets, plan_pulls};
-use casd::cluster::replication::wire::{Entry, Op, Reply};
-use casd::cluster::replication::{MapReplica, Owner, ReplicaError, Replicas};
+use casd::cluster::replication::replica::{Entry, MapId, MapReplica, Owner, ReplicaError, Replicas};
 use casd::registry::TicketMap;
-use casd::registry::replicated::{MapPolicy, ReplicatedMap};
-use casd::ticket::{IdGenerator, Origin, Principal, ServiceTicket, Tgt, TicketId, TicketKind};
+use casd::registry::replicated::{Consumption, MapPolicy, ReplicatedMap};
+use casd::ticket::{IdGenerator, Principal, ServiceTicket, Tgt, TicketId, TicketKind};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -60,81 +58,63 @@ struct SimReplicas {
     me: usize,
 }
 
-fn member(name: &str, generation: u64) -> MemberInfo {
-    MemberInfo {
-        node: name.into(),
-        generation,
-        gossip_addr: String::new(),
-        http_addr: None,
-        replication_addr: None,
-        status: MemberStatus::Ready,
-        alive: true,
-        heartbeat: 0,
-        last_heartbeat_ms: 0,
-        phi: 0.0,
-        is_self: false,
-    }
-}
-
 #[async_trait]
 impl Replicas for SimReplicas {
-    async fn replicate(&self, op: Op) -> usize {
+    async fn replicate(&self, map: MapId, entry: Entry) -> usize {
         let targets: Vec<Arc<dyn MapReplica>> = {
             let w = self.world.lock().expect("world");
             w.reachable(self.me)
                 .into_iter()
                 .filter_map(|i| w.nodes[i].maps.as_ref())
                 .map(|m| -> Arc<dyn MapReplica> {
-                    match &op {
-                        Op::Put { map: 0, .. } | Op::Remove { map: 0, .. } => m.tgt.clone(),
+                    match map {
+                        MapId::Tgt => m.tgt.clone(),
                         _ => m.st.clone(),
                     }
                 })
                 .collect()
         };
         for t in &targets {
-            t.apply(&op);
+            t.apply(&entry);
         }
         1 + targets.len()
     }
 
-    fn owner(&self, origin: &Origin) -> Owner {
+    fn owner(&self, node: &str, generation: u64) -> Owner {
         let w = self.world.lock().expect("world");
         let me = &w.nodes[self.me];
-        if origin.node == me.name {
-            return if origin.generation == me.generation { Owner::Me } else { Owner::Gone };
+        if node == me.name {
+            return if generation == me.generation { Owner::Me } else { Owner::Gone };
         }
-        match w.nodes.iter().position(|n| n.name == origin.node) {
-            Some(i) if w.reachable(self.me).contains(&i) && w.nodes[i].generation == origin.generation => {
-                Owner::Peer(member(&origin.node, origin.generation))
+        match w.nodes.iter().position(|n| n.name == node) {
+            Some(i) if w.reachable(self.me).contains(&i) && w.nodes[i].generation == generation => {
+                Owner::Peer { node: node.to_owned(), generation }
             }
             _ => Owner::Gone,
         }
     }
 
-    async fn forward_consume(&self, owner: &MemberInfo, _map: u8, id: &str) -> Result<Option<Vec<u8>>, ReplicaError> {
+    async fn forward_consume(&self, owner: &Owner, _map: MapId, id: &str) -> Result<Option<Vec<u8>>, ReplicaError> {
+        let Owner::Peer { node, .. } = owner else { return Err(ReplicaError::LinkDown { node: "none".into() }) };
         let st = {
             let w = self.world.lock().expect("world");
-            let i = w.nodes.iter().position(|n| n.name == owner.node);
+            let i = w.nodes.iter().position(|n| n.name == *node);
             i.filter(|i| w.reachable(self.me).contains(i)).and_then(|i| w.nodes[i].maps.as_ref().map(|m| m.st.clone()))
         };
-        let down = || ReplicaError::LinkDown { node: owner.node.clone() };
-        match st.ok_or_else(down)?.consume_as_owner(id).await {
-            Reply::Consumed(v) => Ok(v),
-            _ => Err(down()),
-        }
+        let down = || ReplicaError::LinkDown { node: node.clone() };
+        st.ok_or_else(down)?.consume_as_owner(id).await.map_err(|_| down())
     }
 }
 
-fn policy(index: u8, owner_consumes: bool) -> MapPolicy {
-    MapPolicy { index, owner_consumes, min_copies: 1, tombstone_ttl: Duration::from_secs(3600) }
+fn policy(map: MapId, consumption: Consumption) -> MapPolicy {
+    MapPolicy { map, consumption, min_copies: 1, tombstone_ttl: Duration::from_secs(3600) }
 }
 
 fn boot(world: &Arc<Mutex<World>>, i: usize) {
     let replicas: Arc<dyn Replicas> = Arc::new(SimReplicas { world: world.clone(), me: i });
     let maps = NodeMaps {
-        tgt: Arc::new(ReplicatedMap::new(policy(0, false), replicas.clone())),
-        st: Arc::new(ReplicatedMap::new(policy(1, true), replicas)),
+        tgt: Arc::new(ReplicatedMap::new(policy(MapId::Tgt, Consumption::AnyNode), replicas.clone())),
+        st: Arc::new(ReplicatedMap::new(policy(MapId::St, Consumption::IssuingNode), replicas)),
     };
     world.lock().expect("world").nodes[i].maps = Some(maps);
 }
@@ -149,10 +129,10 @@ fn live(m: &dyn MapReplica) -> BTreeSet<String> {
 
 /// What `Replicator::pull_all` does over the wire: compare digests, fetch the differing buckets (in small pages,
 /// so grouping is exercised too), merge.
-fn pull(from: &dyn MapReplica, into: &dyn MapReplica, index: u8) {
+fn pull(from: &dyn MapReplica, into: &dyn MapReplica) {
     for buckets in plan_pulls(&into.digest(), &from.digest(), 8) {
         for e in from.entries_in(&buckets) {
-            into.apply(&e.into_op(index));
+            into.apply(&e);
         }
     }
 }
@@ -172,8 +152,8 @@ fn anti_entropy(world: &Arc<Mutex<World>>) {
         pairs
     };
     for (from, into) in pairs {
-        pull(&*from.tgt, &*into.tgt, 0);
-        pull(&*from.st, &*into.st, 1);
+        pull(&*from.tgt, &*into.tgt);
+        pull(&*from.st, &*into.st);
     }
 }
 
@@ -328,8 +308,8 @@ async fn run(seed: u64) -> Result<(), String> {
                 if let Some((tgt, st)) = me {
                     for j in sources {
                         if let Some((t, s, _, _)) = node_maps(j) {
-                            pull(&*t, &*tgt, 0);
-                            pull(&*s, &*st, 1);
+                            pull(&*t, &*tgt);
+                            pull(&*s, &*st);
                         }
                     }
                 }
@@ -413,12 +393,14 @@ async fn a_broken_owner_check_is_caught() {
     };
     maps(0).insert(&id, st.clone()).await.expect("insert");
     // A copy reaches s1 before the cut (as a write before a partition would).
-    maps(1).apply(&Op::Put { map: 1, id: id.to_string(), value: postcard::to_allocvec(&st).expect("ser") });
+    maps(1).apply(&Entry::Live { id: id.to_string(), value: postcard::to_allocvec(&st).expect("ser") });
     assert!(maps(0).take(&id).await.expect("owner decides").is_some(), "the owner consumes once");
     assert!(maps(1).take(&id).await.is_err(), "the cut-off node may not decide: it fails closed");
     // Without the owner rule (an unsafe map policy), the cut-off side would succeed a second time.
-    let unsafe_map: ReplicatedMap<ServiceTicket> =
-        ReplicatedMap::new(policy(1, false), Arc::new(SimReplicas { world: world.clone(), me: 1 }));
-    unsafe_map.apply(&Op::Put { map: 1, id: id.to_string(), value: postcard::to_allocvec(&st).expect("ser") });
+    let unsafe_map: ReplicatedMap<ServiceTicket> = ReplicatedMap::new(
+        policy(MapId::St, Consumption::AnyNode),
+        Arc::new(SimReplicas { world: world.clone(), me: 1 }),
+    );
+    unsafe_map.apply(&Entry::Live { id: id.to_string(), value: postcard::to_allocvec(&st).expect("ser") });
     assert!(unsafe_map.take(&id).await.expect("take").is_some(), "the broken policy accepts the ticket again");
 }

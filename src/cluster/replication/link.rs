@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::wire::{Reply, ReplyEnvelope, split_frame};
 
@@ -71,8 +72,8 @@ enum Wake {
 }
 
 impl Link {
-    /// A link over a connected stream. Spawns its flusher, which also closes the link when `stopped` turns true.
-    pub fn start(stream: TcpStream, open: OpenReply, stopped: watch::Receiver<bool>) -> Arc<Self> {
+    /// A link over a connected stream. Spawns its flusher, which also closes the link when `stop` is cancelled.
+    pub fn start(stream: TcpStream, open: OpenReply, stop: CancellationToken) -> Arc<Self> {
         let _ = stream.set_nodelay(true);
         let (from, writer) = stream.into_split();
         let link = Arc::new(Self {
@@ -82,7 +83,7 @@ impl Link {
             open,
             flush: Notify::new(),
         });
-        tokio::spawn(link.clone().flusher(stopped));
+        tokio::spawn(link.clone().flusher(stop));
         link
     }
 
@@ -218,11 +219,11 @@ impl Link {
     }
 
     /// Writes what callers could not, as the socket takes it. Closes the link when the node stops.
-    async fn flusher(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
+    async fn flusher(self: Arc<Self>, stop: CancellationToken) {
         loop {
             tokio::select! {
                 _ = self.flush.notified() => {}
-                _ = stopped.wait_for(|s| *s) => {
+                _ = stop.cancelled() => {
                     self.fail(&mut self.state());
                     return;
                 }
@@ -231,7 +232,7 @@ impl Link {
                 // A peer that takes nothing (cut off) keeps this waiting: the node's stop must still close the link.
                 let writable = tokio::select! {
                     w = self.writer.writable() => w.is_ok(),
-                    _ = stopped.wait_for(|s| *s) => false,
+                    _ = stop.cancelled() => false,
                 };
                 if !writable {
                     self.fail(&mut self.state());
@@ -345,10 +346,10 @@ mod tests {
         (addr, task)
     }
 
-    async fn link_to(addr: std::net::SocketAddr) -> (Arc<Link>, watch::Sender<bool>) {
-        let (stop, stopped) = watch::channel(false);
+    async fn link_to(addr: std::net::SocketAddr) -> (Arc<Link>, CancellationToken) {
+        let stop = CancellationToken::new();
         let stream = TcpStream::connect(addr).await.expect("connect");
-        (Link::start(stream, plain_replies(), stopped), stop)
+        (Link::start(stream, plain_replies(), stop.clone()), stop)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -402,7 +403,7 @@ mod tests {
     }
 
     /// A link and the peer's end of its connection, for tests that play the peer by hand.
-    async fn link_and_peer_end() -> (Arc<Link>, watch::Sender<bool>, TcpStream) {
+    async fn link_and_peer_end() -> (Arc<Link>, CancellationToken, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let (link, stop) = link_to(listener.local_addr().expect("addr")).await;
         let (accepted, _) = listener.accept().await.expect("accept");
@@ -447,7 +448,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stopping_the_node_closes_the_link_and_the_peer_sees_the_end() {
         let (link, stop, mut accepted) = link_and_peer_end().await;
-        let _ = stop.send(true);
+        stop.cancel();
         let mut byte = [0u8; 1];
         let read = tokio::time::timeout(Duration::from_secs(5), accepted.read(&mut byte)).await.expect("in time");
         assert_eq!(read.expect("read"), 0, "the peer reads the end of the stream");
@@ -467,7 +468,7 @@ mod tests {
             let _ = tokio::time::timeout(Duration::from_millis(20), link.call(id, &big)).await;
         }
         assert!(!link.is_closed(), "a slow peer alone does not close the link");
-        let _ = stop.send(true);
+        stop.cancel();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !link.is_closed() {
             assert!(tokio::time::Instant::now() < deadline, "the stop did not reach the waiting flusher");

@@ -1,66 +1,27 @@
 //! Replication messages and their framing on TCP: a 4-byte big-endian length, then a sealed frame whose payload is
-//! the postcard encoding of an envelope. Knows maps only by a small number and tickets only as bytes.
+//! the postcard encoding of an envelope. Knows maps by their [`MapId`] and tickets only as bytes.
 
 use serde::{Deserialize, Serialize};
-
-use super::digest::BucketDigest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::replica::{BucketDigest, Entry, MapId};
 
 /// Frames larger than this are refused before allocation: a page of entries stays far below it.
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
 
-/// A change to one entry of one map. Both kinds are joins in a lattice (absent < live < removed), so replicas may
-/// apply them in any order, more than once.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Op {
-    /// A live value, merged into any existing copy.
-    Put { map: u8, id: String, value: Vec<u8> },
-    /// A tombstone: the entry is gone for good; kept until `gc_after` so a late copy cannot resurrect it.
-    Remove { map: u8, id: String, gc_after: u64 },
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    Apply(Op),
+    /// Merge one entry into a map.
+    Apply { map: MapId, entry: Entry },
     /// Asks the owner of a one-time ticket to consume it.
-    Consume {
-        map: u8,
-        id: String,
-    },
+    Consume { map: MapId, id: String },
     /// The map's digest: a hash and a count per bucket of ids.
-    Digest {
-        map: u8,
-    },
+    Digest { map: MapId },
     /// Every entry, tombstones included, in the given buckets of a map.
-    Buckets {
-        map: u8,
-        buckets: Vec<u16>,
-    },
+    Buckets { map: MapId, buckets: Vec<u16> },
     /// "You missed some of my writes: pull my maps." Sent when the peer is back after missing acknowledgements, so a
     /// cut shorter than failure detection is repaired at once rather than at the next periodic anti-entropy.
     Repair,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Entry {
-    Live { id: String, value: Vec<u8> },
-    Removed { id: String, gc_after: u64 },
-}
-
-impl Entry {
-    pub fn id(&self) -> &str {
-        match self {
-            Entry::Live { id, .. } | Entry::Removed { id, .. } => id,
-        }
-    }
-
-    /// The op that merges this entry into a replica.
-    pub fn into_op(self, map: u8) -> Op {
-        match self {
-            Entry::Live { id, value } => Op::Put { map, id, value },
-            Entry::Removed { id, gc_after } => Op::Remove { map, id, gc_after },
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,15 +73,6 @@ pub async fn write_batch<W: AsyncWrite + Unpin>(w: &mut W, batch: &[u8]) -> Resu
     Ok(())
 }
 
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), FrameError> {
-    if frame.len() > MAX_FRAME_BYTES {
-        return Err(FrameError::TooLarge(frame.len()));
-    }
-    w.write_all(&(frame.len() as u32).to_be_bytes()).await?;
-    w.write_all(frame).await?;
-    Ok(())
-}
-
 /// The first length-prefixed frame in `buffered` and the bytes it takes with its prefix, or `None` while it has not
 /// all arrived. A length over the limit is an error, however few bytes are in.
 pub fn split_frame(buffered: &[u8]) -> Result<Option<(&[u8], usize)>, FrameError> {
@@ -156,7 +108,9 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_and_oversize_is_refused() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
-        write_frame(&mut a, b"abc").await.expect("write");
+        let mut one = Vec::new();
+        append_frame(&mut one, b"abc").expect("frame");
+        write_batch(&mut a, &one).await.expect("write");
         assert_eq!(read_frame(&mut b).await.expect("read"), b"abc");
         a.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
         assert!(matches!(read_frame(&mut b).await, Err(FrameError::TooLarge(_))));
@@ -167,7 +121,7 @@ mod tests {
         assert!(!holds_whole_frame(&two[7..10]) && !holds_whole_frame(&two[..2]) && !holds_whole_frame(&[]));
         assert_eq!(split_frame(&two).expect("in bounds"), Some((&b"abc"[..], 7)));
         assert!(matches!(split_frame(&u32::MAX.to_be_bytes()), Err(FrameError::TooLarge(_))));
-        let env = RequestEnvelope { id: 7, body: Request::Consume { map: 1, id: "ST-1-n".into() } };
+        let env = RequestEnvelope { id: 7, body: Request::Consume { map: MapId::St, id: "ST-1-n".into() } };
         let back: RequestEnvelope = postcard::from_bytes(&postcard::to_allocvec(&env).expect("ser")).expect("de");
         assert_eq!((back.id, back.body), (7, env.body));
     }
