@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use casd::NodeHandle;
+use casd::clock::now_ms;
 use casd::cluster::seal::{ClusterKey, Opener, Purpose, Sealer};
-use casd::ticket::{Principal, now_ms};
+use casd::ticket::Principal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -253,8 +254,13 @@ async fn replicated_writes(node: &NodeHandle, writers: usize, total: usize) -> s
 
 fn start_redis() -> Option<(Vec<Killed>, u16)> {
     let (primary, replica) = (free_port()?, free_port()?);
+    // A replica's full sync writes an RDB file into the server's directory: a temporary one, never the working tree.
+    let dir = std::env::temp_dir().join(format!("casd-bench-redis-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
     let spawn = |port: u16, extra: &[String]| {
         let mut args = vec![
+            "--dir".to_owned(),
+            dir.display().to_string(),
             "--port".to_owned(),
             port.to_string(),
             "--bind".into(),
