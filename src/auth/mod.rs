@@ -1,6 +1,7 @@
 //! Authentication: who may log in (the [`Authenticator`] trait and its users-file implementation) and how often
 //! they may fail (throttling). Knows nothing of tickets or HTTP.
 
+mod argon2_pool;
 mod throttle;
 mod users_file;
 

@@ -3,11 +3,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use async_trait::async_trait;
 use serde::Deserialize;
 
+use super::argon2_pool::Argon2Pool;
 use super::{AuthError, Authenticator};
 use crate::ticket::Principal;
 
@@ -71,15 +72,16 @@ struct UsersFileText {
 }
 
 struct User {
-    hash: String,
+    hash: Arc<str>,
     principal: Principal,
 }
 
 /// The users of a users file and of the config, checked with argon2id.
 pub struct UsersFile {
-    users: Arc<HashMap<String, User>>,
+    users: HashMap<String, User>,
     /// Verified against when the user is unknown, so that an unknown name costs as much as a wrong password.
-    decoy_hash: Arc<String>,
+    decoy_hash: Arc<str>,
+    argon2: Arc<Argon2Pool>,
 }
 
 impl UsersFile {
@@ -89,11 +91,11 @@ impl UsersFile {
             .map(|r| {
                 let attributes = r.attributes.into_iter().map(|(k, v)| (k, v.into_vec())).collect();
                 let principal = Principal { id: r.username.clone(), attributes };
-                (r.username, User { hash: r.password_hash, principal })
+                (r.username, User { hash: r.password_hash.into(), principal })
             })
             .collect();
         let decoy_hash = hash_password("decoy password that matches nothing").expect("hashing a constant works");
-        Self { users: Arc::new(users), decoy_hash: Arc::new(decoy_hash) }
+        Self { users, decoy_hash: decoy_hash.into(), argon2: Argon2Pool::per_core() }
     }
 
     /// Parses the text of a users file; an error names the offending key.
@@ -109,21 +111,13 @@ impl UsersFile {
 #[async_trait]
 impl Authenticator for UsersFile {
     async fn authenticate(&self, username: &str, password: &str) -> Result<Principal, AuthError> {
-        let (users, decoy, username, password) =
-            (self.users.clone(), self.decoy_hash.clone(), username.to_owned(), password.to_owned());
-        // argon2 takes tens of milliseconds of CPU: keep it off the async workers.
-        tokio::task::spawn_blocking(move || {
-            let user = users.get(&username);
-            let hash = user.map_or(decoy.as_str(), |u| u.hash.as_str());
-            let parsed = PasswordHash::new(hash).map_err(|e| AuthError::Backend(e.to_string()))?;
-            let ok = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
-            match user {
-                Some(u) if ok => Ok(u.principal.clone()),
-                _ => Err(AuthError::InvalidCredentials),
-            }
-        })
-        .await
-        .map_err(|e| AuthError::Backend(e.to_string()))?
+        let user = self.users.get(username);
+        let hash = user.map_or_else(|| self.decoy_hash.clone(), |u| u.hash.clone());
+        let matches = self.argon2.verify(hash, password.to_owned()).await?;
+        match user {
+            Some(u) if matches => Ok(u.principal.clone()),
+            _ => Err(AuthError::InvalidCredentials),
+        }
     }
 }
 
