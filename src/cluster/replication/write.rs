@@ -82,10 +82,12 @@ impl Replicator {
         let results = futures_util::future::join_all(sends).await;
         self.counters.ack_wait_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let mut copies = 1;
+        let mut acked = Vec::with_capacity(peers.len());
         for (peer, result) in peers.iter().zip(results) {
             match result {
                 Ok(Reply::Applied) => {
                     copies += 1;
+                    acked.push(peer.node.as_str());
                     self.counters.acks.fetch_add(1, Ordering::Relaxed);
                 }
                 other => {
@@ -95,7 +97,29 @@ impl Replicator {
                 }
             }
         }
+        self.mark_absent_peers_behind(&acked);
         copies
+    }
+
+    /// Every peer this node knows of, alive or not, that did not take a write has missed it: a peer that is not in
+    /// the live view (cut off, or not yet seen again after a heal) must be asked to pull once it is back, or a
+    /// write made meanwhile (a logout just after a heal) would reach it only at the next periodic anti-entropy.
+    fn mark_absent_peers_behind(&self, acked: &[&str]) {
+        let absent: Vec<String> = {
+            let status = self.status.borrow();
+            let mut names: Vec<&str> = status
+                .members
+                .iter()
+                .filter(|m| m.node != self.me && !acked.contains(&m.node.as_str()))
+                .map(|m| m.node.as_str())
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            names.into_iter().map(str::to_owned).collect()
+        };
+        for node in absent {
+            self.mark_behind(&node);
+        }
     }
 
     /// Asks the owner to consume a one-time ticket. Fails (closed) when the owner cannot be asked, or is no longer
