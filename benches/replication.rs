@@ -216,7 +216,7 @@ async fn cluster_with_peer_processes() -> (NodeHandle, Vec<Killed>, std::path::P
 fn seal_and_open(len: usize) -> (Duration, Duration) {
     let key = ClusterKey::generate();
     let sealer = Sealer::new(&key, "bench", "a", now_ms());
-    let mut opener = Opener::for_recipient(&key, "bench", Purpose::Replication, "b");
+    let opener = Opener::for_recipient(&key, "bench", Purpose::Replication, "b");
     let payload = vec![7u8; len];
     let n = 50_000;
     let t = Instant::now();

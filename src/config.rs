@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::{UserRecord, UsersFile};
+use crate::cas::Limits;
 use crate::cas::services::{ServiceDefinition, ServiceRegistry};
 use crate::cluster::ClusterSettings;
 use crate::cluster::discovery::MulticastSettings;
@@ -65,6 +66,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// Logging. Ticket ids are always logged redacted (prefix and a short hash); cookies, passwords and keys never.
@@ -358,13 +361,22 @@ impl Default for SloConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// A TOML users file (see `UsersFile`); relative paths are taken from the config file's folder.
     pub users_file: Option<PathBuf>,
     /// Users written inline, same form as in the users file.
     pub users: Vec<UserRecord>,
+    /// Password checks that may wait for a core (one runs per core at a time); past that a login is answered
+    /// "busy, try again" at once instead of queueing behind seconds of work.
+    pub max_waiting_checks: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { users_file: None, users: Vec::new(), max_waiting_checks: 32 }
+    }
 }
 
 fn default_base_path() -> String {
@@ -414,7 +426,7 @@ impl Config {
     /// node starts from.
     pub fn resolve(self) -> Result<Resolved, ConfigError> {
         self.validate()?;
-        let services = ServiceRegistry::new(&self.services).map_err(|e| {
+        let services = ServiceRegistry::new(&self.services, self.limits.max_service_url_bytes).map_err(|e| {
             let key = format!("services[{}].{}", e.index, e.field);
             self.invalid(&key, &e.pattern, &e.source.to_string())
         })?;
@@ -510,6 +522,15 @@ impl Config {
         ] {
             if value.is_zero() {
                 return Err(self.invalid(key, humantime::format_duration(value), "must be greater than zero"));
+            }
+        }
+        for (key, value) in [
+            ("limits.max_service_url_bytes", self.limits.max_service_url_bytes),
+            ("limits.max_username_bytes", self.limits.max_username_bytes),
+            ("limits.max_password_bytes", self.limits.max_password_bytes),
+        ] {
+            if value < 16 {
+                return Err(self.invalid(key, value, "must be at least 16"));
             }
         }
         if self.slo.max_concurrency == 0 {

@@ -9,10 +9,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Throttle, UsersFile};
+use crate::auth::{Argon2Pool, Throttle, UsersFile};
 use crate::cas::{self, App, cookie::TgcCookie, pages::Pages, pgt_callback::PgtCallback, slo::SloSender};
 use crate::clock::now_ms;
-use crate::cluster::replication::{Replicator, StateTransfer};
+use crate::cluster::replication::{Readiness, Replicator, StateTransfer};
 use crate::cluster::{Cluster, Identity};
 use crate::config::{Config, ConfigError, Resolved};
 use crate::http::Stops;
@@ -58,8 +58,9 @@ pub struct NodeHandle {
 }
 
 impl Node {
-    /// Starts a node. In a cluster, the node first copies every map from a ready peer (state transfer) and only then
-    /// reports `ready` and serves HTTP (invariant 5); connections made meanwhile wait in the listen backlog.
+    /// Starts a node and returns once it is ready. In a cluster, the node first copies every map from a ready peer
+    /// (state transfer) and only then reports `ready` and answers CAS requests (invariant 5); meanwhile `/ready`
+    /// says what it waits for and CAS endpoints answer 503.
     pub async fn start(config: Config) -> Result<NodeHandle, StartError> {
         let Resolved { config, services, users, cluster: plan } = config.resolve()?;
         let generation = now_ms();
@@ -86,8 +87,15 @@ impl Node {
             }
             None => (None, Maps::local()),
         };
-        let app = Arc::new(build_app(&config, generation, maps, services, users)?);
-        let ops = Ops::new(app.clone(), cluster.as_ref().map(|c| (c.status(), c.replicator().clone())));
+        let ready: Box<dyn Fn() -> bool + Send + Sync> = match &cluster {
+            Some(c) => {
+                let readiness = c.readiness();
+                Box::new(move || *readiness.borrow() == Readiness::Ready)
+            }
+            None => Box::new(|| true),
+        };
+        let app = Arc::new(build_app(&config, generation, maps, services, users, ready)?);
+        let ops = Ops::new(app.clone(), cluster.as_ref());
         let router = cas::router(app.clone(), ops::router(Arc::new(ops)));
 
         let stops = Stops { graceful: CancellationToken::new(), abort: CancellationToken::new() };
@@ -106,6 +114,10 @@ impl Node {
             None => Box::new(|_| true),
         };
         tasks.spawn(sweeper::run(app.clone(), sends_logout, config.tickets.sweep_interval, stops.graceful.clone()));
+        // Meanwhile the ops endpoints answer (`/ready` says what the join waits for) and CAS requests get 503.
+        if let Some(c) = &cluster {
+            c.wait_ready().await;
+        }
         tracing::info!(%addr, base_path = %config.http.base_path, node = %config.node.name, "casd node started");
         Ok(NodeHandle {
             addr,
@@ -128,6 +140,7 @@ fn build_app(
     maps: Maps,
     services: cas::services::ServiceRegistry,
     users: Vec<crate::auth::UserRecord>,
+    ready: Box<dyn Fn() -> bool + Send + Sync>,
 ) -> Result<App, StartError> {
     let ids = IdGenerator::new(&config.node.name, generation);
     let registry = Arc::new(TicketRegistry::new(ids, config.tickets.policy(), maps));
@@ -137,7 +150,9 @@ fn build_app(
         base_path: config.http.base_path.clone(),
         registry,
         services,
-        authenticator: Arc::new(UsersFile::new(users)),
+        authenticator: Arc::new(UsersFile::new(users, Argon2Pool::per_core(config.auth.max_waiting_checks))),
+        limits: config.limits.clone(),
+        ready,
         throttle: Throttle::new(config.throttle.max_failures, config.throttle.window),
         pages: Pages::new(&config.http.base_path),
         cookie: TgcCookie {

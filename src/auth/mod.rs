@@ -5,6 +5,7 @@ mod argon2_pool;
 mod throttle;
 mod users_file;
 
+pub use argon2_pool::Argon2Pool;
 pub use throttle::{Throttle, Throttled};
 pub use users_file::{UserRecord, UsersFile, UsersFileError, hash_password};
 
@@ -17,6 +18,10 @@ use crate::ticket::Principal;
 pub enum AuthError {
     #[error("invalid credentials")]
     InvalidCredentials,
+    /// Too many password checks are already waiting: the login should be tried again in a moment. Not a failure
+    /// of the user's, so it never counts towards throttling.
+    #[error("too many password checks waiting")]
+    Busy,
     #[error("authentication backend failed: {0}")]
     Backend(String),
 }

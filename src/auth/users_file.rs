@@ -8,7 +8,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::argon2_pool::Argon2Pool;
+use super::Argon2Pool;
 use super::{AuthError, Authenticator};
 use crate::ticket::Principal;
 
@@ -85,7 +85,8 @@ pub struct UsersFile {
 }
 
 impl UsersFile {
-    pub fn new(records: Vec<UserRecord>) -> Self {
+    /// The users, checked in `argon2` (shared by every source that verifies argon2 hashes).
+    pub fn new(records: Vec<UserRecord>, argon2: Arc<Argon2Pool>) -> Self {
         let users = records
             .into_iter()
             .map(|r| {
@@ -95,7 +96,7 @@ impl UsersFile {
             })
             .collect();
         let decoy_hash = hash_password("decoy password that matches nothing").expect("hashing a constant works");
-        Self { users, decoy_hash: decoy_hash.into(), argon2: Argon2Pool::per_core() }
+        Self { users, decoy_hash: decoy_hash.into(), argon2 }
     }
 
     /// Parses the text of a users file; an error names the offending key.
@@ -140,7 +141,7 @@ mod tests {
             password_hash: hash_password("s3cret").expect("hash"),
             attributes: BTreeMap::from([("mail".into(), OneOrMany::One("a@example.org".into()))]),
         };
-        let users = UsersFile::new(vec![record]);
+        let users = UsersFile::new(vec![record], Argon2Pool::new(1, 8));
         let p = users.authenticate("alice", "s3cret").await.expect("login");
         assert_eq!(p.id, "alice");
         assert_eq!(p.attributes.get("mail"), Some(&vec!["a@example.org".to_string()]));

@@ -14,6 +14,7 @@ use super::pages::{LoginForm, Tone};
 use super::params::{Params, Query};
 use super::services::with_query_param;
 use super::{AppState, found};
+use crate::auth::AuthError;
 use crate::clock::now_ms;
 use crate::registry::RegistryError;
 use crate::ticket::{TicketId, TicketKind};
@@ -127,48 +128,69 @@ pub async fn form(State(app): State<AppState>, headers: HeaderMap, Query(p): Que
 pub async fn submit(
     State(app): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Query(query): Query,
     body: Bytes,
 ) -> Response {
     let now = now_ms();
+    if !super::origin::same_origin(&headers) {
+        tracing::warn!("login form posted from another site refused");
+        return app.pages.message(
+            StatusCode::FORBIDDEN,
+            "Login refused",
+            "This login form was sent from another web site. Open the login page of this service and try again.",
+            Tone::Error,
+            None,
+        );
+    }
+    // Credentials come from the form body only: in a query string they would land in logs and browser history.
+    let form = Params::parse(&body);
+    let (username, password) =
+        (form.get("username").unwrap_or_default().trim(), form.get("password").unwrap_or_default());
     // The form's fields first; a service given only in the query string still counts.
-    let p = Params::parse(&body).merged(query);
+    let p = form.clone().merged(query);
     let service = p.get("service");
     if let Some(s) = service {
         if app.services.find(s).is_none() {
             return unknown_service(&app, s);
         }
     }
-    let username = p.get("username").unwrap_or_default().trim().to_owned();
+    // Over the limits nothing is checked or recorded: a huge name must not sit in the throttle map.
+    if username.len() > app.limits.max_username_bytes || password.len() > app.limits.max_password_bytes {
+        app.metrics.logins_failed.fetch_add(1, Ordering::Relaxed);
+        let msg = "The username or password you entered is incorrect.";
+        return show_form(&app, StatusCode::UNAUTHORIZED, &p, Some(msg), "").await;
+    }
     let lt_ok = match p.get("lt") {
         Some(lt) => app.registry.consume_lt(lt, now).await.is_ok(),
         None => false,
     };
     if !lt_ok {
         let msg = "Your login form had expired or was already used. Please enter your credentials again.";
-        return show_form(&app, StatusCode::BAD_REQUEST, &p, Some(msg), &username).await;
+        return show_form(&app, StatusCode::BAD_REQUEST, &p, Some(msg), username).await;
     }
-    if let Err(t) = app.throttle.check(&username, addr.ip(), now) {
+    if let Err(t) = app.throttle.check(username, addr.ip(), now) {
         tracing::warn!(retry_after_s = t.retry_after.as_secs(), "login throttled");
         app.metrics.logins_throttled.fetch_add(1, Ordering::Relaxed);
         let msg = format!(
             "Too many failed attempts for this account. It is locked for {} more seconds.",
             t.retry_after.as_secs().max(1)
         );
-        return show_form(&app, StatusCode::TOO_MANY_REQUESTS, &p, Some(&msg), &username).await;
+        return show_form(&app, StatusCode::TOO_MANY_REQUESTS, &p, Some(&msg), username).await;
     }
-    let password = p.get("password").unwrap_or_default();
-    let principal = match app.authenticator.authenticate(&username, password).await {
+    let principal = match app.authenticator.authenticate(username, password).await {
         Ok(principal) => principal,
-        Err(e) => {
-            tracing::info!(error = %e, "login failed");
-            app.throttle.record_failure(&username, addr.ip(), now);
+        Err(AuthError::InvalidCredentials) => {
+            tracing::info!("login failed: invalid credentials");
+            app.throttle.record_failure(username, addr.ip(), now);
             app.metrics.logins_failed.fetch_add(1, Ordering::Relaxed);
             let msg = "The username or password you entered is incorrect.";
-            return show_form(&app, StatusCode::UNAUTHORIZED, &p, Some(msg), &username).await;
+            return show_form(&app, StatusCode::UNAUTHORIZED, &p, Some(msg), username).await;
         }
+        // Not the user's fault: neither counted against the account nor shown as a wrong password.
+        Err(e) => return busy(&app, &e),
     };
-    app.throttle.record_success(&username, addr.ip());
+    app.throttle.record_success(username, addr.ip());
     let tgt = match app.registry.issue_tgt(principal, now).await {
         Ok(tgt) => tgt,
         Err(e) => return unavailable(&app, &e),
@@ -236,7 +258,7 @@ fn send_ticket(app: &AppState, service: &str, st: &TicketId, method: ResponseMet
 }
 
 fn unknown_service(app: &AppState, service: &str) -> Response {
-    tracing::info!(service, "login for an unregistered service refused");
+    tracing::info!(service = %log_prefix(service), "login for an unregistered service refused");
     app.pages.message(
         StatusCode::FORBIDDEN,
         "Application not authorized",
@@ -245,6 +267,29 @@ fn unknown_service(app: &AppState, service: &str) -> Response {
         Tone::Error,
         None,
     )
+}
+
+/// At most the first 200 bytes of a client-chosen string, for a log line that one client cannot make huge.
+fn log_prefix(s: &str) -> &str {
+    let mut end = s.len().min(200);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The password check could not run now (too many waiting, or the authentication source failed).
+fn busy(app: &AppState, e: &AuthError) -> Response {
+    tracing::warn!(error = %e, "password check not made");
+    let mut page = app.pages.message(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Busy",
+        "The sign-on service is busy and could not check your password. Please try again in a moment.",
+        Tone::Error,
+        None,
+    );
+    page.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    page
 }
 
 fn unavailable(app: &AppState, e: &RegistryError) -> Response {

@@ -7,6 +7,7 @@ pub mod error;
 pub mod login;
 mod logout;
 pub mod metrics;
+mod origin;
 pub mod pages;
 pub mod params;
 pub mod pgt_callback;
@@ -38,10 +39,33 @@ pub struct App {
     pub pgt_callback: pgt_callback::PgtCallback,
     /// Release attributes on the CAS 2.0 validation endpoints too.
     pub cas2_attributes: bool,
+    /// What one request may carry.
+    pub limits: Limits,
+    /// Whether this node may answer CAS requests: a clustered node that has not its copy of the maps yet would
+    /// call live tickets unknown.
+    pub ready: Box<dyn Fn() -> bool + Send + Sync>,
     pub metrics: metrics::Metrics,
 }
 
 pub type AppState = Arc<App>;
+
+/// Bounds on what one client can make a node hold: over them a request is refused before anything is stored.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// A longer service URL matches no service (so it is never redirected to, stored in a ticket, or logged whole).
+    pub max_service_url_bytes: usize,
+    /// A longer username is refused at login without a password check or a throttling record.
+    pub max_username_bytes: usize,
+    /// A longer password is refused at login without a password check.
+    pub max_password_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_service_url_bytes: 4096, max_username_bytes: 256, max_password_bytes: 1024 }
+    }
+}
 
 /// A `302 Found` redirect: what CAS clients and the reference server use (axum's `Redirect::to` is a 303).
 pub(crate) fn found(location: &str) -> axum::response::Response {

@@ -26,7 +26,9 @@ pub struct Success {
 
 const NS: &str = "http://www.yale.edu/tp/cas";
 
-/// Escapes text and attribute values for XML.
+/// Escapes text and attribute values for XML. Characters XML 1.0 cannot carry at all (C0 controls but tab, line
+/// feed and carriage return, lone surrogates' stand-ins U+FFFE/U+FFFF) become U+FFFD, so that a client echoing a
+/// hostile ticket id still gets a well-formed document.
 pub fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -36,6 +38,8 @@ pub fn xml_escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' => out.push(c),
+            c if c < ' ' || c == '\u{FFFE}' || c == '\u{FFFF}' => out.push('\u{FFFD}'),
             c => out.push(c),
         }
     }
@@ -167,6 +171,13 @@ mod tests {
             pgt_iou: Some("PGTIOU-1-n".into()),
             proxies: vec!["https://p2/cb".into(), "https://p1/cb".into()],
         }
+    }
+
+    #[test]
+    fn characters_xml_cannot_carry_are_replaced() {
+        assert_eq!(xml_escape("ST-\u{1}a\u{1b}b\tc\u{FFFF}"), "ST-\u{FFFD}a\u{FFFD}b\tc\u{FFFD}");
+        let x = xml_failure(&CasFailure::new(CasCode::InvalidTicket, "ticket 'ST-\u{0}' not recognized"));
+        assert!(!x.chars().any(|c| c < ' ' && !matches!(c, '\t' | '\n' | '\r')), "{x:?}");
     }
 
     #[test]

@@ -1,8 +1,15 @@
 //! Every route in one place.
 
 use axum::Router;
+use axum::extract::{Request, State};
 use axum::http::HeaderValue;
-use axum::http::header::{CACHE_CONTROL, EXPIRES, PRAGMA};
+use axum::http::StatusCode;
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, EXPIRES, PRAGMA, REFERRER_POLICY, RETRY_AFTER, STRICT_TRANSPORT_SECURITY,
+    X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+};
+use axum::middleware::Next;
+use axum::response::IntoResponse;
 use axum::response::{Redirect, Response};
 use axum::routing::{get, post};
 
@@ -22,11 +29,37 @@ pub fn router(app: AppState, extra: Router) -> Router {
         .route("/p3/proxyValidate", get(validate::v3_proxy).post(validate::v3_proxy))
         .route("/proxy", get(proxy::proxy))
         .route("/samlValidate", post(saml::validate))
-        .with_state(app)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), only_when_ready))
+        .with_state(app.clone())
         .merge(extra)
-        .layer(axum::middleware::map_response(no_store));
+        .layer(axum::middleware::map_response(no_store))
+        .layer(axum::middleware::map_response_with_state(app, security_headers));
     let login_path = format!("{base}/login");
     Router::new().nest(&base, cas).route("/", get(move || async move { Redirect::to(&login_path) }))
+}
+
+/// A node still joining its cluster answers CAS requests with 503, so that a load balancer tries another node.
+async fn only_when_ready(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    if (app.ready)() {
+        return next.run(request).await;
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, [(RETRY_AFTER, "1")], "this node is joining its cluster; try another node\n")
+        .into_response()
+}
+
+/// No page of this server may be framed (clickjacking of the login form), sniffed into another type, or leak its
+/// URL (which may carry a ticket) to other sites; over https, browsers are told to stay on https.
+async fn security_headers(State(app): State<AppState>, mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static("frame-ancestors 'none'"));
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    // Not no-referrer: browsers then send `Origin: null` with the login form's POST, which the CSRF check refuses.
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    if app.cookie.secure {
+        h.insert(STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
+    }
+    response
 }
 
 /// Tickets and forms must never be cached (CAS 3.0 Appendix B).

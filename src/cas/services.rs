@@ -68,12 +68,14 @@ impl RegisteredService {
 #[derive(Debug)]
 pub struct ServiceRegistry {
     services: Vec<RegisteredService>,
+    /// Longer service URLs match no service: a ticket, a log line or a session's service list never carries one.
+    max_url_bytes: usize,
 }
 
 impl ServiceRegistry {
     /// Compiles the configured services, once. Patterns are anchored so that a pattern always matches the whole URL
     /// (Apereo's default full-regex matching).
-    pub fn new(definitions: &[ServiceDefinition]) -> Result<Self, PatternError> {
+    pub fn new(definitions: &[ServiceDefinition], max_url_bytes: usize) -> Result<Self, PatternError> {
         let compile = |index, field, pattern: &str| {
             anchored(pattern).map_err(|source| PatternError { index, field, pattern: pattern.to_owned(), source })
         };
@@ -96,11 +98,14 @@ impl ServiceRegistry {
             })
             .collect::<Result<Vec<_>, PatternError>>()?;
         services.sort_by_key(|s| s.id);
-        Ok(Self { services })
+        Ok(Self { services, max_url_bytes })
     }
 
     /// The service a URL belongs to, if any. Only absolute http(s) URLs can be services.
     pub fn find(&self, service_url: &str) -> Option<&RegisteredService> {
+        if service_url.len() > self.max_url_bytes {
+            return None;
+        }
         let parsed = url::Url::parse(service_url).ok()?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
             return None;
@@ -113,10 +118,20 @@ fn anchored(pattern: &str) -> Result<Regex, regex::Error> {
     Regex::new(&format!("^(?:{pattern})$"))
 }
 
-/// Whether the service given at validation is the one the ticket was issued for (CAS 3.0 §3.1.1). As Apereo does:
-/// ignore the `#fragment` and any `;jsessionid=`, compare case-insensitively, otherwise exactly.
+/// Whether the service given at validation is the one the ticket was issued for (CAS 3.0 §3.1.1). As Apereo does,
+/// the `#fragment` and any `;jsessionid=` are ignored. Scheme and host compare case-insensitively (they are, in
+/// URLs); path and query exactly, as the registry's patterns see them: `/App` and `/app` are different services.
 pub fn same_service(issued_for: &str, presented: &str) -> bool {
-    normalise(issued_for).eq_ignore_ascii_case(&normalise(presented))
+    let (a, b) = (normalise(issued_for), normalise(presented));
+    let (a_origin, a_rest) = a.split_at(origin_end(&a));
+    let (b_origin, b_rest) = b.split_at(origin_end(&b));
+    a_origin.eq_ignore_ascii_case(b_origin) && a_rest == b_rest
+}
+
+/// Where `scheme://authority` ends: at the first `/`, `?` or `;` after `://`, else the end.
+fn origin_end(url: &str) -> usize {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    url[after_scheme..].find(['/', '?', ';']).map_or(url.len(), |i| after_scheme + i)
 }
 
 fn normalise(service: &str) -> String {
@@ -160,10 +175,13 @@ mod tests {
             slo: true,
             release: vec!["mail".into()],
         };
-        ServiceRegistry::new(&[
-            svc(2, r"https://app\.example\.org/.*", None),
-            svc(1, r"https://app\.example\.org/admin/.*", Some(r"https://app\.example\.org/cb")),
-        ])
+        ServiceRegistry::new(
+            &[
+                svc(2, r"https://app\.example\.org/.*", None),
+                svc(1, r"https://app\.example\.org/admin/.*", Some(r"https://app\.example\.org/cb")),
+            ],
+            100,
+        )
         .expect("patterns compile")
     }
 
@@ -172,6 +190,8 @@ mod tests {
         let r = registry();
         assert_eq!(r.find("https://app.example.org/admin/x").map(|s| s.id), Some(1));
         assert_eq!(r.find("https://app.example.org/home").map(|s| s.id), Some(2));
+        let long = format!("https://app.example.org/{}", "x".repeat(100));
+        assert!(r.find(&long).is_none(), "a URL over the length limit matches no service");
         assert!(r.find("https://evil.example/?https://app.example.org/x").is_none());
         assert!(r.find("javascript:alert(1)").is_none());
     }
@@ -192,6 +212,9 @@ mod tests {
         assert!(same_service("https://a/x;jsessionid=ABC?y=1", "https://a/x?y=1"));
         assert!(!same_service("https://a/x", "https://a/x/"));
         assert!(!same_service("https://a/x?y=1", "https://a/x?y=2"));
+        assert!(same_service("HTTPS://A.example/x?y=1", "https://a.EXAMPLE/x?y=1"), "scheme and host ignore case");
+        assert!(!same_service("https://a/App", "https://a/app"), "the path does not");
+        assert!(!same_service("https://a/x?Y=1", "https://a/x?y=1"), "nor does the query");
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub async fn run(
     cfg: MulticastSettings,
     socket: tokio::net::UdpSocket,
     sealer: Arc<Sealer>,
-    mut opener: Opener,
+    opener: Opener,
     me: Beacon,
     drops: Arc<DropCounters>,
     found: impl Fn(SocketAddr) + Send + Sync,

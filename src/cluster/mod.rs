@@ -3,8 +3,9 @@
 //! maps, never CAS and never the config file.
 //!
 //! [`Cluster::start`] is the cluster's whole life in one place: it binds, builds one keyring, starts gossip and the
-//! replicator, copies the maps from a ready peer (state transfer), publishes `ready`, and runs anti-entropy and
-//! repair until [`Cluster::stop`].
+//! replicator, and starts the join: a copy of the maps from a ready peer (state transfer), then `ready`, then
+//! anti-entropy and repair until [`Cluster::stop`]. [`Cluster::wait_ready`] waits for the join; meanwhile
+//! [`Cluster::readiness`] says what it waits for.
 
 pub mod discovery;
 pub mod drops;
@@ -31,7 +32,7 @@ use self::keyring::Keyring;
 use self::membership::{MemberInfo, MemberStatus, View};
 use self::replication::anti_entropy::AntiEntropy;
 use self::replication::replica::{MapId, MapReplica, Replicas};
-use self::replication::{Replicator, StateTransfer, Timeouts};
+use self::replication::{Readiness, Replicator, StateTransfer, Timeouts};
 use self::seal::ClusterKey;
 
 #[derive(Debug, thiserror::Error)]
@@ -117,19 +118,20 @@ impl ClusterStatus {
 
 /// A running cluster membership and replicator.
 pub struct Cluster {
-    membership: Membership,
+    membership: Arc<Membership>,
     replicator: Arc<Replicator>,
     drops: Arc<DropCounters>,
     gossip_interval: Duration,
-    state_transfer: Option<StateTransfer>,
+    readiness: watch::Receiver<Readiness>,
+    state_transfer: Arc<std::sync::OnceLock<StateTransfer>>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl Cluster {
-    /// Starts this node's part of the cluster and returns once it is `ready`: in between, the maps that
-    /// `build_maps` makes over the replicator are registered and filled from a ready peer (invariant 5), while
-    /// peers' writes already reach them.
+    /// Starts this node's part of the cluster: the maps that `build_maps` makes over the replicator are registered
+    /// and take the peers' writes at once; they are filled from a ready peer in the background (invariant 5), and
+    /// the node publishes `ready` only then ([`Cluster::wait_ready`]).
     pub async fn start<M: MapSet>(
         settings: &ClusterSettings,
         key: ClusterKey,
@@ -145,9 +147,10 @@ impl Cluster {
         let keyring = Keyring::new(key, &settings.id, &identity.node, identity.generation);
         let drops = Arc::new(DropCounters::default());
         let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
-        let membership =
+        let membership = Arc::new(
             Membership::start(settings, &keyring, identity.http_url, replication_addr, drops.clone(), &stop, &tasks)
-                .await?;
+                .await?,
+        );
         let replicator = Replicator::new(
             &keyring,
             settings.timeouts,
@@ -166,19 +169,47 @@ impl Cluster {
             finds_peers: !settings.seeds.is_empty() || settings.multicast.enabled,
             interval: settings.anti_entropy_interval,
         };
-        let state_transfer = replicator.transfer_state(&when).await;
-        membership.set_status(MemberStatus::Ready).await;
-        tasks.spawn(replicator.clone().anti_entropy(when.interval));
+        let (readiness_tx, readiness) = watch::channel(Readiness::Joining { reason: None });
+        let state_transfer = Arc::new(std::sync::OnceLock::new());
+        let join = {
+            let (replicator, membership, transfer) = (replicator.clone(), membership.clone(), state_transfer.clone());
+            async move {
+                if let Some(t) = replicator.transfer_state(&when, &readiness_tx).await {
+                    let _ = transfer.set(t);
+                }
+                membership.set_status(MemberStatus::Ready).await;
+                readiness_tx.send_replace(Readiness::Ready);
+                replicator.anti_entropy(when.interval).await;
+            }
+        };
+        let stopped = stop.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = join => {}
+                _ = stopped.cancelled() => {}
+            }
+        });
         let cluster = Self {
             membership,
             replicator,
             drops,
             gossip_interval: settings.gossip_interval,
+            readiness,
             state_transfer,
             stop,
             tasks,
         };
         Ok((cluster, maps))
+    }
+
+    /// Waits until this node holds its copy of the maps and publishes `ready`.
+    pub async fn wait_ready(&self) {
+        let _ = self.readiness.clone().wait_for(|r| *r == Readiness::Ready).await;
+    }
+
+    /// Whether the node has its copy of the maps, or what it waits for.
+    pub fn readiness(&self) -> watch::Receiver<Readiness> {
+        self.readiness.clone()
     }
 
     /// Follows the status (and so the live view) as it changes.
@@ -205,7 +236,7 @@ impl Cluster {
 
     /// The state transfer this node made when it joined: none for the first node of a cluster.
     pub fn state_transfer(&self) -> Option<&StateTransfer> {
-        self.state_transfer.as_ref()
+        self.state_transfer.get()
     }
 
     /// Whether this node sends single logout for an expired TGT issued by `node` in boot `generation` (`None`: an

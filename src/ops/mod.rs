@@ -15,9 +15,9 @@ use axum::routing::get;
 use tokio::sync::watch;
 
 use crate::cas::App;
-use crate::cluster::ClusterStatus;
 use crate::cluster::membership::MemberStatus;
-use crate::cluster::replication::{ReplicationCounts, Replicator};
+use crate::cluster::replication::{Readiness, ReplicationCounts, Replicator};
+use crate::cluster::{Cluster, ClusterStatus};
 
 /// What the ops endpoints read.
 pub struct Ops {
@@ -30,6 +30,7 @@ pub struct Ops {
 /// The cluster as the ops endpoints see it.
 pub(crate) struct ClusterView {
     pub(crate) status: watch::Receiver<ClusterStatus>,
+    readiness: watch::Receiver<Readiness>,
     replicator: Arc<Replicator>,
 }
 
@@ -40,9 +41,13 @@ impl ClusterView {
 }
 
 impl Ops {
-    pub fn new(cas: Arc<App>, cluster: Option<(watch::Receiver<ClusterStatus>, Arc<Replicator>)>) -> Self {
+    pub fn new(cas: Arc<App>, cluster: Option<&Cluster>) -> Self {
         let pages = cluster_page::Pages::new(&cas.base_path);
-        let cluster = cluster.map(|(status, replicator)| ClusterView { status, replicator });
+        let cluster = cluster.map(|c| ClusterView {
+            status: c.status(),
+            readiness: c.readiness(),
+            replicator: c.replicator().clone(),
+        });
         Self { cas, cluster, pages }
     }
 }
@@ -63,11 +68,17 @@ async fn health() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: a single node is ready when it serves; a clustered one while it publishes `ready` (after state
-/// transfer, until it starts leaving).
+/// Readiness: a single node is ready when it serves; a clustered one once it holds its copy of the maps, until it
+/// starts leaving. A joining node says what it waits for.
 async fn ready(State(ops): State<Arc<Ops>>) -> Response {
-    match ops.cluster.as_ref().map(|c| c.status.borrow().own_status()) {
-        None | Some(MemberStatus::Ready) => (StatusCode::OK, "ready\n").into_response(),
-        Some(other) => (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", other.as_str())).into_response(),
+    let Some(c) = &ops.cluster else { return (StatusCode::OK, "ready\n").into_response() };
+    if let Readiness::Joining { reason } = &*c.readiness.borrow() {
+        let why = reason.as_deref().unwrap_or("copying the maps from a ready peer");
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("joining: {why}\n")).into_response();
+    }
+    // Ready from the join on; the gossiped status can lag it by a round, so only `leaving` is read from there.
+    match c.status.borrow().own_status() {
+        MemberStatus::Leaving => (StatusCode::SERVICE_UNAVAILABLE, "leaving\n").into_response(),
+        _ => (StatusCode::OK, "ready\n").into_response(),
     }
 }

@@ -10,6 +10,7 @@
 //! than risk a second success.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -97,12 +98,15 @@ pub struct ReplicatedMap<V> {
     slots: DashMap<TicketId, Held<V>>,
     /// Kept in step with `slots`: every change of a slot is reported while the slot is locked.
     digest: Digest,
+    /// Live slots, kept in step with `slots` the same way, so that `len` (read at every metrics scrape) costs
+    /// nothing however large the map.
+    live: AtomicUsize,
     replicator: Arc<dyn Replicas>,
 }
 
 impl<V: Ticket> ReplicatedMap<V> {
     pub fn new(policy: MapPolicy, replicator: Arc<dyn Replicas>) -> Self {
-        Self { policy, slots: DashMap::new(), digest: Digest::default(), replicator }
+        Self { policy, slots: DashMap::new(), digest: Digest::default(), live: AtomicUsize::new(0), replicator }
     }
 
     /// The entry that replicates `value`, and the value's digest hash.
@@ -135,6 +139,7 @@ impl<V: Ticket> ReplicatedMap<V> {
         match std::mem::replace(&mut *slot, Slot::Removed { gc_after }) {
             Slot::Live(v, _) => {
                 self.digest.change(id.as_str(), Some(before), Some(removed_hash(id.as_str())));
+                self.live.fetch_sub(1, Ordering::Relaxed);
                 Some((v, op))
             }
             Slot::Removed { .. } => None,
@@ -191,6 +196,9 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
     async fn insert(&self, id: &TicketId, value: V) -> Result<(), MapError> {
         let (op, hash) = Self::live_entry(id, &value);
         let before = self.slots.insert(id.clone(), Held::new(id.as_str(), Slot::Live(Arc::new(value), hash)));
+        if !matches!(before.as_ref().map(|b| &b.slot), Some(Slot::Live(..))) {
+            self.live.fetch_add(1, Ordering::Relaxed);
+        }
         // Outside the slot's lock, but each replaced state is reported exactly once, and XOR does not mind order.
         self.digest.change(id.as_str(), before.map(|b| b.slot.hash(id)), Some(hash));
         let copies = self.replicate(op).await;
@@ -264,6 +272,7 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
         self.slots.retain(|id, held| match &mut held.slot {
             Slot::Live(v, hash) if v.is_expired(policy, now) => {
                 expired.push((id.clone(), v.clone()));
+                self.live.fetch_sub(1, Ordering::Relaxed);
                 self.digest.change(id.as_str(), Some(*hash), Some(removed_hash(id.as_str())));
                 held.slot = Slot::Removed { gc_after };
                 true
@@ -295,7 +304,7 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
     }
 
     fn len(&self) -> usize {
-        self.slots.iter().filter(|e| matches!(e.value().slot, Slot::Live(..))).count()
+        self.live.load(Ordering::Relaxed)
     }
 }
 
@@ -320,6 +329,7 @@ impl<V: Ticket> MapReplica for ReplicatedMap<V> {
                         let hash = live_hash(raw, bytes);
                         self.digest.change(raw, None, Some(hash));
                         e.insert(Held::new(raw, Slot::Live(Arc::new(value), hash)));
+                        self.live.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -338,6 +348,7 @@ impl<V: Ticket> MapReplica for ReplicatedMap<V> {
                                 let before = *before;
                                 self.digest.change(raw, Some(before), Some(removed_hash(raw)));
                                 *slot = Slot::Removed { gc_after: *gc_after };
+                                self.live.fetch_sub(1, Ordering::Relaxed);
                             }
                         }
                     }
@@ -359,27 +370,44 @@ impl<V: Ticket> MapReplica for ReplicatedMap<V> {
         self.digest.buckets()
     }
 
-    fn entries_in(&self, buckets: &[u16]) -> Vec<Entry> {
+    fn entries_in(&self, buckets: &[u16], after: Option<&str>, max_bytes: usize) -> (Vec<Entry>, bool) {
         let mut wanted = vec![false; digest::BUCKETS];
         for &b in buckets {
             if let Some(w) = wanted.get_mut(usize::from(b)) {
                 *w = true;
             }
         }
-        let mut entries: Vec<Entry> = self
+        // Gather references first and serialise only what goes into this page.
+        let mut found: Vec<(TicketId, Result<Arc<V>, EpochMs>)> = self
             .slots
             .iter()
-            .filter(|e| wanted[usize::from(e.value().bucket)])
-            .map(|e| match &e.value().slot {
-                Slot::Live(v, _) => Entry::Live {
-                    id: e.key().to_string(),
-                    value: postcard::to_allocvec(&**v).expect("tickets always serialise"),
-                },
-                Slot::Removed { gc_after } => Entry::Removed { id: e.key().to_string(), gc_after: *gc_after },
+            .filter(|e| wanted[usize::from(e.value().bucket)] && after.is_none_or(|a| e.key().as_str() > a))
+            .map(|e| {
+                let state = match &e.value().slot {
+                    Slot::Live(v, _) => Ok(v.clone()),
+                    Slot::Removed { gc_after } => Err(*gc_after),
+                };
+                (e.key().clone(), state)
             })
             .collect();
-        entries.sort_unstable_by(|a, b| a.id().cmp(b.id()));
-        entries
+        found.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        let (mut entries, mut bytes) = (Vec::new(), 0);
+        for (id, state) in found {
+            let entry = match state {
+                Ok(v) => Entry::Live {
+                    id: id.to_string(),
+                    value: postcard::to_allocvec(&*v).expect("tickets always serialise"),
+                },
+                Err(gc_after) => Entry::Removed { id: id.to_string(), gc_after },
+            };
+            let size = entry.id().len() + 16 + if let Entry::Live { value, .. } = &entry { value.len() } else { 0 };
+            if !entries.is_empty() && bytes + size > max_bytes {
+                return (entries, true);
+            }
+            bytes += size;
+            entries.push(entry);
+        }
+        (entries, false)
     }
 }
 
@@ -449,8 +477,41 @@ mod tests {
         b.apply(&remove);
         b.apply(&put);
         assert!(a.get(&id).await.is_none() && b.get(&id).await.is_none());
-        assert_eq!(a.entries_in(&digest::all_buckets()), b.entries_in(&digest::all_buckets()));
+        assert_eq!(
+            a.entries_in(&digest::all_buckets(), None, usize::MAX).0,
+            b.entries_in(&digest::all_buckets(), None, usize::MAX).0
+        );
         assert_eq!(a.digest(), b.digest());
+    }
+
+    /// Pages bounded by bytes, each continuing after the last id of the one before, together give every entry once
+    /// in id order; an entry larger than a page still travels, alone.
+    #[tokio::test]
+    async fn pages_by_bytes_cover_every_entry_once() {
+        let m = map();
+        let ids = IdGenerator::new("n", 1);
+        for i in 0..60u64 {
+            let mut t = tgt(i);
+            let size = if i == 7 { 5000 } else { 100 };
+            t.principal.attributes = [("a".to_owned(), vec!["x".repeat(size)])].into_iter().collect();
+            m.insert(&ids.mint(TicketKind::Tgt), t).await.expect("insert");
+        }
+        let all = m.entries_in(&digest::all_buckets(), None, usize::MAX).0;
+        let (mut paged, mut after, mut pages) = (Vec::new(), None::<String>, 0);
+        loop {
+            let (page, more) = m.entries_in(&digest::all_buckets(), after.as_deref(), 1000);
+            pages += 1;
+            let bytes: usize =
+                page.iter().map(|e| if let Entry::Live { value, .. } = e { value.len() } else { 0 }).sum();
+            assert!(page.len() == 1 || bytes <= 1000, "a page of {} entries holds {bytes} bytes", page.len());
+            after = page.last().map(|e| e.id().to_owned());
+            paged.extend(page);
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(paged, all, "the pages add up to the whole map, in order");
+        assert!(pages > 6, "{pages} pages");
     }
 
     /// The digest a map keeps as it goes equals the digest of what it holds, computed afresh, after every kind of
@@ -459,7 +520,7 @@ mod tests {
     async fn the_running_digest_matches_the_contents_after_every_kind_of_change() {
         fn afresh(m: &ReplicatedMap<Tgt>) -> Vec<BucketDigest> {
             let d = Digest::default();
-            for e in m.entries_in(&digest::all_buckets()) {
+            for e in m.entries_in(&digest::all_buckets(), None, usize::MAX).0 {
                 match &e {
                     Entry::Live { id, value } => d.change(id, None, Some(live_hash(id, value))),
                     Entry::Removed { id, .. } => d.change(id, None, Some(removed_hash(id))),
@@ -486,10 +547,19 @@ mod tests {
         m.apply(&Entry::Removed { id: kept[3].to_string(), gc_after: 10 });
         m.apply(&Entry::Removed { id: ids.mint(TicketKind::Tgt).to_string(), gc_after: 10 });
         assert_eq!(m.digest(), afresh(&m), "after removals");
+        let counted = |m: &ReplicatedMap<Tgt>| {
+            m.entries_in(&digest::all_buckets(), None, usize::MAX)
+                .0
+                .iter()
+                .filter(|e| matches!(e, Entry::Live { .. }))
+                .count()
+        };
+        assert_eq!(m.len(), counted(&m), "the live count follows inserts, merges and removals");
         let expiry = ExpiryPolicy::default();
         let late = expiry.tgt_max_lifetime.as_millis() as u64 + 100;
         assert!(!m.sweep(&expiry, late).await.is_empty());
         assert_eq!(m.digest(), afresh(&m), "after expiry");
+        assert_eq!((m.len(), counted(&m)), (0, 0), "and expiry");
         // Past every tombstone's lifetime: the longest TGT lifetime (8 h) plus the margin.
         m.sweep(&expiry, now_ms() + 9 * 3_600_000).await;
         assert_eq!(m.digest(), afresh(&m), "after tombstones were collected");

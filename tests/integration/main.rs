@@ -4,6 +4,7 @@ mod chaos_checker;
 mod cli;
 mod cluster;
 mod concurrency;
+mod hardening;
 mod interop;
 mod login;
 mod logout;

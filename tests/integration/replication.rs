@@ -282,8 +282,8 @@ async fn concurrent_grants_on_different_nodes_all_get_single_logout() {
     stop_all(nodes).await;
 }
 
-async fn next_reply(link: &mut tokio::net::TcpStream, opener: &mut Opener) -> ReplyEnvelope {
-    let frame = tokio::time::timeout(Duration::from_secs(2), read_frame(link)).await;
+async fn next_reply(link: &mut tokio::net::TcpStream, opener: &Opener) -> ReplyEnvelope {
+    let frame = tokio::time::timeout(Duration::from_secs(2), read_frame(link, 16 << 20)).await;
     let opened = opener.open(&frame.expect("a reply in time").expect("a frame"), now_ms()).expect("sealed to us");
     postcard::from_bytes(&opened.payload).expect("a reply")
 }
@@ -300,7 +300,7 @@ async fn replies_to_whole_requests_leave_before_a_partial_one_completes() {
     wait_until(Duration::from_secs(5), "the node to list itself", || async { own_addr().is_some() }).await;
     let addr = own_addr().expect("its replication address");
     let sealer = Sealer::new(&key, "casd-repl", "probe", now_ms());
-    let mut opener = Opener::for_recipient(&key, "casd-repl", Purpose::ReplicationReply, "probe");
+    let opener = Opener::for_recipient(&key, "casd-repl", Purpose::ReplicationReply, "probe");
     let request = |id| {
         let payload =
             postcard::to_allocvec(&RequestEnvelope { id, body: Request::Digest { map: MapId::Tgt } }).expect("ser");
@@ -312,10 +312,70 @@ async fn replies_to_whole_requests_leave_before_a_partial_one_completes() {
     let mut link = tokio::net::TcpStream::connect(&addr).await.expect("connect");
     let half = second.len() / 2;
     link.write_all(&[&first[..], &second[..half]].concat()).await.expect("write");
-    let reply = next_reply(&mut link, &mut opener).await;
+    let reply = next_reply(&mut link, &opener).await;
     assert_eq!(reply.id, 1, "the whole request is answered while the next one is still in part");
     assert!(matches!(reply.body, Reply::Digest(_)));
     link.write_all(&second[half..]).await.expect("write");
-    assert_eq!(next_reply(&mut link, &mut opener).await.id, 2, "and the rest completes the second");
+    assert_eq!(next_reply(&mut link, &opener).await.id, 2, "and the rest completes the second");
     n.shutdown().await;
+}
+
+/// A principal whose one attribute holds `bytes` bytes: a session that large makes pages sized by entry count
+/// overflow a frame.
+fn heavy(bytes: usize) -> Principal {
+    Principal { id: USER.into(), attributes: [("memberOf".to_owned(), vec!["g".repeat(bytes)])].into_iter().collect() }
+}
+
+/// State transfer pages by bytes: 40 sessions of 600 KB each (24 MB, more than a frame holds) all reach the joiner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_larger_than_a_frame_in_total_transfer_in_pages() {
+    let key = ClusterKey::generate();
+    let first = node("n1", &key, vec![], 2, |_| {}).await;
+    for _ in 0..40 {
+        first.registry().issue_tgt(heavy(600_000), now_ms()).await.expect("tgt");
+    }
+    let seed = vec![first.cluster().expect("c").gossip_addr().to_string()];
+    let joiner = node("n2", &key, seed, 2, |_| {}).await;
+    assert_eq!(joiner.registry().sizes()[0].1, 40, "every session arrived");
+    assert_eq!(joiner.state_transfer().map(|t| t.entries), Some(40));
+    stop_all(vec![first, joiner]).await;
+}
+
+/// A joiner that sees a ready peer but cannot pull from it never claims ready: `/ready` says why and CAS requests
+/// get 503, until the pull succeeds. Here one session is larger than any frame; once it is gone, the join completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_that_cannot_pull_stays_not_ready_and_says_why() {
+    let key = ClusterKey::generate();
+    let first = node("n1", &key, vec![], 2, |_| {}).await;
+    let too_big = first.registry().issue_tgt(heavy(17 << 20), now_ms()).await.expect("tgt");
+    let seed = vec![first.cluster().expect("c").gossip_addr().to_string()];
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}/cas");
+    let joiner_key = key.clone();
+    let joining = tokio::spawn(async move {
+        node("n2", &joiner_key, seed, 2, move |c| {
+            c.http.listen = format!("127.0.0.1:{port}").parse().expect("addr");
+            c.cluster.as_mut().expect("c").join_timeout = Duration::from_millis(500);
+        })
+        .await
+    });
+    let ready = || async { http().get(format!("{base}/ready")).send().await.ok() };
+    wait_until(Duration::from_secs(20), "/ready to name the failed transfer", || async {
+        match ready().await {
+            Some(r) if r.status() == 503 => {
+                r.text().await.unwrap_or_default().contains("state transfer from n1 failed")
+            }
+            _ => false,
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let login = http().get(format!("{base}/login")).send().await.expect("request");
+    assert_eq!(login.status().as_u16(), 503, "no CAS answers while joining, well past join_timeout");
+    assert!(!joining.is_finished(), "start has not returned: the node is not ready");
+    first.registry().destroy_tgt(too_big.as_str()).await.expect("destroy");
+    let joiner = tokio::time::timeout(Duration::from_secs(10), joining).await.expect("ready in time").expect("join");
+    assert_eq!(ready().await.map(|r| r.status().as_u16()), Some(200));
+    assert_eq!(joiner.registry().sizes()[0].1, 0, "the removed session did not come along");
+    stop_all(vec![first, joiner]).await;
 }

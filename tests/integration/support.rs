@@ -26,6 +26,11 @@ pub async fn start(adjust: impl FnOnce(&mut Config)) -> NodeHandle {
     Node::start(config(adjust)).await.expect("node starts")
 }
 
+/// A loopback port free a moment ago, for a node whose address a test must know before the node is up.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
 /// Waits for a condition, polling; fails the test with `what` after `timeout`.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
 where

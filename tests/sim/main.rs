@@ -120,7 +120,7 @@ fn boot(world: &Arc<Mutex<World>>, i: usize) {
 }
 
 fn all(m: &dyn MapReplica) -> Vec<Entry> {
-    m.entries_in(&all_buckets())
+    m.entries_in(&all_buckets(), None, usize::MAX).0
 }
 
 fn live(m: &dyn MapReplica) -> BTreeSet<String> {
@@ -131,8 +131,17 @@ fn live(m: &dyn MapReplica) -> BTreeSet<String> {
 /// so grouping is exercised too), merge.
 fn pull(from: &dyn MapReplica, into: &dyn MapReplica) {
     for buckets in plan_pulls(&into.digest(), &from.digest(), 8) {
-        for e in from.entries_in(&buckets) {
-            into.apply(&e);
+        // Small pages, so that continuation after the last id is exercised too.
+        let mut after: Option<String> = None;
+        loop {
+            let (entries, more) = from.entries_in(&buckets, after.as_deref(), 600);
+            for e in &entries {
+                into.apply(e);
+            }
+            match entries.last() {
+                Some(last) if more => after = Some(last.id().to_owned()),
+                _ => break,
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::Replicator;
 use super::digest::plan_pulls;
-use super::replica::{MapId, ReplicaError};
+use super::replica::{MapId, MapReplica, ReplicaError};
 use super::wire::{Reply, Request};
 use crate::cluster::ClusterStatus;
 use crate::cluster::membership::{MemberInfo, MemberStatus};
@@ -25,6 +25,16 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often peers that missed this node's writes are asked to pull: soon enough that a cut shorter than failure
 /// detection is repaired within a second or two.
 const REPAIR_EVERY: Duration = Duration::from_secs(1);
+
+/// How soon a joiner tries again after a failed state transfer.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether a node may serve: it has its copy of the maps, or says what it still waits for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    Joining { reason: Option<String> },
+    Ready,
+}
 
 /// The state transfer a node made before it reported ready.
 #[derive(Clone, Debug)]
@@ -46,6 +56,10 @@ pub struct AntiEntropy {
     pub interval: Duration,
 }
 
+fn refused(peer: &MemberInfo, reply: Reply) -> ReplicaError {
+    ReplicaError::Refused { node: peer.node.clone(), answer: format!("{reply:?}") }
+}
+
 fn ready_peers(status: &ClusterStatus) -> Vec<MemberInfo> {
     status.view().into_values().filter(|m| !m.is_self && m.status == MemberStatus::Ready).collect()
 }
@@ -53,31 +67,50 @@ fn ready_peers(status: &ClusterStatus) -> Vec<MemberInfo> {
 impl Replicator {
     /// Pulls from `peer` what differs and merges it in. Returns the number of entries merged.
     pub async fn pull_all(self: &Arc<Self>, peer: &MemberInfo) -> Result<u64, ReplicaError> {
-        let refused = |reply: Reply| ReplicaError::Refused { node: peer.node.clone(), answer: format!("{reply:?}") };
         let mut pulled = 0;
         for map in MapId::ALL {
             let Some(target) = self.map(map) else { continue };
             let theirs = match self.request(peer, Request::Digest { map }, PULL_TIMEOUT).await? {
                 Reply::Digest(theirs) => theirs,
-                other => return Err(refused(other)),
+                other => return Err(refused(peer, other)),
             };
-            // Two pages in flight: the peer gathers the next page while this node merges the last one.
-            let mut pages = futures_util::stream::iter(plan_pulls(&target.digest(), &theirs, PULL_PAGE))
-                .map(|buckets| self.request(peer, Request::Buckets { map, buckets }, PULL_TIMEOUT))
+            // Two groups in flight: the peer gathers the next page while this node merges the last one.
+            let groups = plan_pulls(&target.digest(), &theirs, PULL_PAGE);
+            let mut pages = futures_util::stream::iter(groups)
+                .map(|buckets| self.pull_buckets(peer, map, target, buckets))
                 .buffered(2);
-            while let Some(reply) = pages.next().await {
-                let entries = match reply? {
-                    Reply::Entries(entries) => entries,
-                    other => return Err(refused(other)),
-                };
-                pulled += entries.len() as u64;
-                for entry in &entries {
-                    target.apply(entry);
-                }
+            while let Some(merged) = pages.next().await {
+                pulled += merged?;
             }
         }
         self.counters.entries_pulled.fetch_add(pulled, Ordering::Relaxed);
         Ok(pulled)
+    }
+
+    /// Fetches and merges every entry of `buckets`, a page of about `PAGE_BYTES` at a time.
+    async fn pull_buckets(
+        self: &Arc<Self>,
+        peer: &MemberInfo,
+        map: MapId,
+        target: &Arc<dyn MapReplica>,
+        buckets: Vec<u16>,
+    ) -> Result<u64, ReplicaError> {
+        let (mut merged, mut after) = (0, None);
+        loop {
+            let request = Request::Buckets { map, buckets: buckets.clone(), after: after.take() };
+            let (entries, truncated) = match self.request(peer, request, PULL_TIMEOUT).await? {
+                Reply::Entries { entries, truncated } => (entries, truncated),
+                other => return Err(refused(peer, other)),
+            };
+            merged += entries.len() as u64;
+            for entry in &entries {
+                target.apply(entry);
+            }
+            match entries.last() {
+                Some(last) if truncated => after = Some(last.id().to_owned()),
+                _ => return Ok(merged),
+            }
+        }
     }
 
     /// Asks every reachable peer that missed one of this node's writes to pull this node's maps. Peers that cannot
@@ -97,17 +130,24 @@ impl Replicator {
         }
     }
 
-    /// Waits (at most `join_timeout`) for a ready peer and copies every map from it. A node that sees no ready peer
-    /// is the first of its cluster and starts empty.
-    pub(crate) async fn transfer_state(self: &Arc<Self>, when: &AntiEntropy) -> Option<StateTransfer> {
+    /// Copies every map from a ready peer. A node that sees no ready peer within `join_timeout` is the first of its
+    /// cluster and starts empty; one that has seen a ready peer never gives up on it (it would serve sessions that
+    /// exist elsewhere as unknown): it retries every `RETRY_EVERY`, saying why in `readiness` (invariant 5).
+    pub(crate) async fn transfer_state(
+        self: &Arc<Self>,
+        when: &AntiEntropy,
+        readiness: &watch::Sender<Readiness>,
+    ) -> Option<StateTransfer> {
         // With no seeds and no multicast this node cannot find anyone: it is the first, others will find it.
         if !when.finds_peers {
             return None;
         }
         let deadline = tokio::time::Instant::now() + when.join_timeout;
         let mut status = self.status.clone();
+        let mut seen_ready = false;
         loop {
             let ready = ready_peers(&status.borrow());
+            seen_ready |= !ready.is_empty();
             for peer in &ready {
                 let started = Instant::now();
                 match self.pull_all(peer).await {
@@ -117,9 +157,15 @@ impl Replicator {
                         return Some(StateTransfer { from: peer.node.clone(), entries, took });
                     }
                     Err(e) => {
-                        tracing::warn!(from = %peer.node, error = %e, "state transfer failed; trying another peer")
+                        let reason = format!("state transfer from {} failed: {e}", peer.node);
+                        tracing::warn!(%reason, "not ready: retrying");
+                        readiness.send_replace(Readiness::Joining { reason: Some(reason) });
                     }
                 }
+            }
+            if seen_ready {
+                tokio::time::sleep(RETRY_EVERY).await;
+                continue;
             }
             if tokio::time::timeout_at(deadline, status.changed()).await.is_err() {
                 tracing::info!("no ready peer seen: starting as the first node of the cluster");

@@ -83,17 +83,28 @@ impl Replicator {
         };
         let (opener, drops) = (self.reply_opener.clone(), self.drops.clone());
         let open: OpenReply = Box::new(move |frame| {
-            let opened = opener
-                .lock()
-                .map_err(|_| ())
-                .and_then(|mut o| o.open(frame, now_ms()).map_err(|e| drops.record(&e, addr)))
-                .ok()?;
+            let opened = opener.open(frame, now_ms()).map_err(|e| drops.record(&e, addr)).ok()?;
             let reply = postcard::from_bytes::<ReplyEnvelope>(&opened.payload);
             if reply.is_err() {
                 drops.malformed.fetch_add(1, Ordering::Relaxed);
             }
             reply.ok()
         });
-        Ok(Link::start(stream, open, self.stop.clone()))
+        let link = Link::start(stream, open, self.stop.clone());
+        // The server takes only small frames until one has opened: say hello before the first write.
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let payload =
+            postcard::to_allocvec(&RequestEnvelope { id, body: Request::Hello }).expect("requests always serialise");
+        let mut framed = Vec::new();
+        append_frame(&mut framed, &self.sealer.seal_to(Purpose::Replication, node, &payload, now_ms()))
+            .map_err(|_| ())?;
+        match tokio::time::timeout(CONNECT_TIMEOUT, link.call(id, &framed)).await {
+            Ok(Ok(Reply::Applied)) => Ok(link),
+            other => {
+                tracing::debug!(peer = %node, outcome = ?other.map(|r| r.err()), "replication link refused our hello");
+                link.close();
+                Err(())
+            }
+        }
     }
 }

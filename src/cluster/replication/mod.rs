@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use self::anti_entropy::StateTransfer;
+pub use self::anti_entropy::{Readiness, StateTransfer};
 use self::links::LinkSlot;
 use self::replica::{MapId, MapReplica};
 use super::ClusterStatus;
@@ -79,8 +79,8 @@ pub struct Replicator {
     maps: [OnceLock<Arc<dyn MapReplica>>; 5],
     links: Mutex<HashMap<String, Arc<LinkSlot>>>,
     /// Shared by every connection, so a frame replayed on a new connection is still caught.
-    request_opener: Mutex<Opener>,
-    reply_opener: Arc<Mutex<Opener>>,
+    request_opener: Opener,
+    reply_opener: Arc<Opener>,
     drops: Arc<DropCounters>,
     next_id: AtomicU64,
     timeouts: Timeouts,
@@ -106,8 +106,8 @@ impl Replicator {
             me: keyring.node().to_owned(),
             generation: keyring.generation(),
             sealer: keyring.sealer(),
-            request_opener: Mutex::new(keyring.opener_to_me(Purpose::Replication)),
-            reply_opener: Arc::new(Mutex::new(keyring.opener_to_me(Purpose::ReplicationReply))),
+            request_opener: keyring.opener_to_me(Purpose::Replication),
+            reply_opener: Arc::new(keyring.opener_to_me(Purpose::ReplicationReply)),
             status,
             maps: Default::default(),
             links: Mutex::new(HashMap::new()),

@@ -43,7 +43,11 @@ impl MapId {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Entry {
     /// A live value, merged into any existing copy.
-    Live { id: String, value: Vec<u8> },
+    Live {
+        id: String,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
     /// The entry is gone for good; kept until `gc_after` so that a late copy cannot resurrect it.
     Removed { id: String, gc_after: u64 },
 }
@@ -70,8 +74,9 @@ pub trait MapReplica: Send + Sync {
     async fn consume_as_owner(&self, id: &str) -> Result<Option<Vec<u8>>, NotOwner>;
     /// The running digest, one per bucket of ids.
     fn digest(&self) -> Vec<BucketDigest>;
-    /// Every entry in the given buckets, tombstones included, in id order.
-    fn entries_in(&self, buckets: &[u16]) -> Vec<Entry>;
+    /// The entries in the given buckets, tombstones included, in id order, starting after id `after`, until about
+    /// `max_bytes` (at least one entry); `true` with them when more remain.
+    fn entries_in(&self, buckets: &[u16], after: Option<&str>, max_bytes: usize) -> (Vec<Entry>, bool);
 }
 
 /// Who decides about a one-time ticket.

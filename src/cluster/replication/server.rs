@@ -1,31 +1,88 @@
 //! Answers the peers' requests on the connections they dial: opens each sealed frame, applies or answers it, and
 //! seals the reply back to its sender.
+//!
+//! The port is open to anyone who can reach it, so a connection spends little before it proves it holds the
+//! cluster key: at most `MAX_CONNECTIONS` at once, a first frame of at most `FIRST_FRAME_BYTES` that must arrive
+//! within `FIRST_FRAME_WITHIN`, every frame whole within `FRAME_WITHIN` of its first byte, memory only for bytes
+//! really received, and the connection closed at the first frame that does not open.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
+use tokio::io::AsyncBufReadExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use super::Replicator;
-use super::wire::{self, Reply, ReplyEnvelope, Request, RequestEnvelope, append_frame, read_frame, write_batch};
+use super::wire::{
+    self, FrameError, Reply, ReplyEnvelope, Request, RequestEnvelope, append_frame, read_frame, write_batch,
+};
 use crate::clock::now_ms;
 use crate::cluster::seal::Purpose;
 
 /// Replies ready together are written together, up to this much.
 const BATCH_BYTES: usize = 256 << 10;
+/// Connections served at once: each peer needs one (its link), and a few more come and go while peers restart.
+const MAX_CONNECTIONS: usize = 64;
+/// A connection's first frame is refused above this: nobody has proved to hold the key yet. A peer's link opens
+/// with a small `Hello`.
+const FIRST_FRAME_BYTES: usize = 4 << 10;
+/// Above this, any request is refused: a write carries one ticket (a TGT with its grants and attributes).
+const REQUEST_BYTES: usize = 4 << 20;
+const FIRST_FRAME_WITHIN: Duration = Duration::from_secs(5);
+const FRAME_WITHIN: Duration = Duration::from_secs(10);
+/// After a failed accept (out of file descriptors, most likely), wait this long rather than spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 impl Replicator {
     /// Answers the peers' requests until the node stops.
     pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
                 _ = self.stop.cancelled() => return,
             };
-            let Ok((stream, from)) = accepted else { continue };
+            let (stream, from) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "replication accept failed; backing off");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%from, "replication connection refused: too many open");
+                continue;
+            };
             let _ = stream.set_nodelay(true);
-            self.tasks.spawn(self.clone().serve_connection(stream, from));
+            let this = self.clone();
+            self.tasks.spawn(async move {
+                this.serve_connection(stream, from).await;
+                drop(slot);
+            });
+        }
+    }
+
+    /// The next whole frame: waits as long as it takes for a frame to begin (a peer's link is idle between
+    /// writes) once the connection is authenticated, at most `FIRST_FRAME_WITHIN` before; then at most
+    /// `FRAME_WITHIN` for the rest of it.
+    async fn next_frame(
+        reader: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+        authenticated: bool,
+    ) -> Result<Vec<u8>, FrameError> {
+        let timed_out = || FrameError::Io(std::io::ErrorKind::TimedOut.into());
+        if authenticated {
+            if reader.fill_buf().await?.is_empty() {
+                return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            tokio::time::timeout(FRAME_WITHIN, read_frame(reader, REQUEST_BYTES)).await.map_err(|_| timed_out())?
+        } else {
+            tokio::time::timeout(FIRST_FRAME_WITHIN, read_frame(reader, FIRST_FRAME_BYTES))
+                .await
+                .map_err(|_| timed_out())?
         }
     }
 
@@ -38,26 +95,34 @@ impl Replicator {
         let mut reader = tokio::io::BufReader::with_capacity(64 << 10, reader);
         let writer = Arc::new(tokio::sync::Mutex::new(writer));
         let mut replies = Vec::new();
+        let mut authenticated = false;
         loop {
             let frame = tokio::select! {
-                frame = read_frame(&mut reader) => frame,
+                frame = Self::next_frame(&mut reader, authenticated) => frame,
                 _ = self.stop.cancelled() => break,
             };
-            let Ok(frame) = frame else { break };
-            let opened = match self.request_opener.lock() {
-                Ok(mut o) => o.open(&frame, now_ms()),
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(FrameError::TooLarge(len)) => {
+                    self.drops.oversize.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%from, len, "replication frame over the limit; closing");
+                    break;
+                }
                 Err(_) => break,
             };
-            let opened = match opened {
+            // A frame that does not open ends the connection: a peer's link never sends one, and a stranger gets
+            // one try per connection.
+            let opened = match self.request_opener.open(&frame, now_ms()) {
                 Ok(o) => o,
                 Err(e) => {
                     self.drops.record(&e, from);
-                    continue;
+                    break;
                 }
             };
+            authenticated = true;
             let Ok(request) = postcard::from_bytes::<RequestEnvelope>(&opened.payload) else {
                 self.drops.malformed.fetch_add(1, Ordering::Relaxed);
-                continue;
+                break;
             };
             if matches!(request.body, Request::Consume { .. }) {
                 let (this, writer) = (self.clone(), writer.clone());
@@ -109,10 +174,14 @@ impl Replicator {
                 Some(m) => Reply::Digest(m.digest()),
                 None => unknown(map),
             },
-            Request::Buckets { map, buckets } => match self.map(map) {
-                Some(m) => Reply::Entries(m.entries_in(&buckets)),
+            Request::Buckets { map, buckets, after } => match self.map(map) {
+                Some(m) => {
+                    let (entries, truncated) = m.entries_in(&buckets, after.as_deref(), wire::PAGE_BYTES);
+                    Reply::Entries { entries, truncated }
+                }
                 None => unknown(map),
             },
+            Request::Hello => Reply::Applied,
             Request::Repair => match self.status.borrow().view().remove(from) {
                 Some(peer) => {
                     let this = self.clone();

@@ -8,6 +8,9 @@ use super::replica::{BucketDigest, Entry, MapId};
 
 /// Frames larger than this are refused before allocation: a page of entries stays far below it.
 pub const MAX_FRAME_BYTES: usize = 16 << 20;
+/// A page of entries holds about this much (at least one entry, however large): pages are sized by bytes, not by
+/// entry count, so that sessions with many services or large attributes still fit a frame (issue 12).
+pub const PAGE_BYTES: usize = 4 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -17,8 +20,12 @@ pub enum Request {
     Consume { map: MapId, id: String },
     /// The map's digest: a hash and a count per bucket of ids.
     Digest { map: MapId },
-    /// Every entry, tombstones included, in the given buckets of a map.
-    Buckets { map: MapId, buckets: Vec<u16> },
+    /// The entries, tombstones included, in the given buckets of a map, in id order, from the first id after
+    /// `after`, up to about `PAGE_BYTES`.
+    Buckets { map: MapId, buckets: Vec<u16>, after: Option<String> },
+    /// The first request on a new connection: a small frame that proves the sender holds the key before the
+    /// server accepts frames of a write's size.
+    Hello,
     /// "You missed some of my writes: pull my maps." Sent when the peer is back after missing acknowledgements, so a
     /// cut shorter than failure detection is repaired at once rather than at the next periodic anti-entropy.
     Repair,
@@ -32,8 +39,11 @@ pub enum Reply {
     /// This node is not the current owner of the ticket.
     NotOwner,
     Digest(Vec<BucketDigest>),
-    /// In id order.
-    Entries(Vec<Entry>),
+    /// In id order; `truncated` when the page ended before the buckets did (ask again after the last id).
+    Entries {
+        entries: Vec<Entry>,
+        truncated: bool,
+    },
     Error(String),
 }
 
@@ -89,15 +99,22 @@ pub fn holds_whole_frame(buffered: &[u8]) -> bool {
     matches!(split_frame(buffered), Ok(Some(_)))
 }
 
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Vec<u8>, FrameError> {
+/// Reads one length-prefixed frame of at most `max` bytes. Room is made as bytes arrive, never for the length the
+/// prefix claims: before a frame is authenticated, a sender can make this node hold only what it really sent.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Vec<u8>, FrameError> {
+    const STEP: usize = 64 << 10;
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME_BYTES {
+    if len > max.min(MAX_FRAME_BYTES) {
         return Err(FrameError::TooLarge(len));
     }
-    let mut frame = vec![0u8; len];
-    r.read_exact(&mut frame).await?;
+    let mut frame = Vec::with_capacity(len.min(STEP));
+    while frame.len() < len {
+        let have = frame.len();
+        frame.resize(have + (len - have).min(STEP), 0);
+        r.read_exact(&mut frame[have..]).await?;
+    }
     Ok(frame)
 }
 
@@ -111,9 +128,11 @@ mod tests {
         let mut one = Vec::new();
         append_frame(&mut one, b"abc").expect("frame");
         write_batch(&mut a, &one).await.expect("write");
-        assert_eq!(read_frame(&mut b).await.expect("read"), b"abc");
+        assert_eq!(read_frame(&mut b, 16).await.expect("read"), b"abc");
         a.write_all(&u32::MAX.to_be_bytes()).await.expect("write");
-        assert!(matches!(read_frame(&mut b).await, Err(FrameError::TooLarge(_))));
+        assert!(matches!(read_frame(&mut b, MAX_FRAME_BYTES).await, Err(FrameError::TooLarge(_))));
+        a.write_all(&17u32.to_be_bytes()).await.expect("write");
+        assert!(matches!(read_frame(&mut b, 16).await, Err(FrameError::TooLarge(17))), "over the caller's bound");
         let mut two = Vec::new();
         append_frame(&mut two, b"abc").expect("frame");
         append_frame(&mut two, b"defg").expect("frame");

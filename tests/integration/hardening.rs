@@ -1,0 +1,156 @@
+//! What an anonymous client cannot do to a node (issue 12): post a login form from another site, pass credentials
+//! in a URL, make a node keep huge strings, frame the login page, or hold the replication port with junk.
+
+use std::time::Duration;
+
+use casd::cluster::seal::ClusterKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+const APP: &str = "http://127.0.0.1:9/app";
+
+/// A fresh login form's LT, from a new browser.
+async fn fresh_lt(node: &casd::NodeHandle) -> String {
+    lt_of(&Browser::new(node).get("/login").await.body)
+}
+
+async fn post_login(node: &casd::NodeHandle, query: &str, form: &[(&str, &str)], origin: Option<&str>) -> Page {
+    let mut b = Browser::new(node);
+    let mut req = b.client.post(format!("{}/login{query}", node.base_url())).form(form);
+    if let Some(o) = origin {
+        req = req.header("Origin", o);
+    }
+    let response = req.send().await.expect("request");
+    let status = response.status().as_u16();
+    let set_cookie =
+        response.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect();
+    let location = response.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    b.tgc = None;
+    Page { status, location, set_cookie, body: response.text().await.expect("body") }
+}
+
+/// A form posted with another site's Origin logs nobody in; the same credentials from this site's page do.
+#[tokio::test]
+async fn a_login_form_posted_from_another_site_is_refused() {
+    let node = start(|_| {}).await;
+    let lt = fresh_lt(&node).await;
+    let form = [("username", USER), ("password", PASSWORD), ("lt", lt.as_str()), ("service", APP)];
+    let page = post_login(&node, "", &form, Some("http://evil.example")).await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert!(page.set_cookie.iter().all(|c| !c.starts_with("TGC=")), "no session for a cross-site post");
+    let own = format!("http://{}", node.local_addr());
+    let lt = fresh_lt(&node).await;
+    let form = [("username", USER), ("password", PASSWORD), ("lt", lt.as_str()), ("service", APP)];
+    let page = post_login(&node, "", &form, Some(&own)).await;
+    assert_eq!(page.status, 302, "{}", page.body);
+    assert!(page.set_cookie.iter().any(|c| c.starts_with("TGC=")));
+    node.shutdown().await;
+}
+
+/// Credentials in the query string of the POST are not read: the login fails as with no password at all.
+#[tokio::test]
+async fn credentials_in_the_url_are_ignored() {
+    let node = start(|_| {}).await;
+    let lt = fresh_lt(&node).await;
+    let query = format!("?username={USER}&password={PASSWORD}");
+    let page = post_login(&node, &query, &[("lt", lt.as_str())], None).await;
+    assert_eq!(page.status, 401, "{}", page.body);
+    assert!(page.set_cookie.iter().all(|c| !c.starts_with("TGC=")));
+    node.shutdown().await;
+}
+
+/// Over-long usernames, passwords and service URLs are refused without being stored or echoed.
+#[tokio::test]
+async fn over_long_input_is_refused_and_not_echoed() {
+    let node = start(|_| {}).await;
+    let huge = "u".repeat(100_000);
+    let lt = fresh_lt(&node).await;
+    let page = post_login(&node, "", &[("username", &huge), ("password", PASSWORD), ("lt", lt.as_str())], None).await;
+    assert_eq!(page.status, 401);
+    assert!(!page.body.contains(&huge[..1000]), "the name is not echoed back");
+    let long_service = format!("http://localhost/{}", "x".repeat(5000));
+    let page = Browser::new(&node).get(&format!("/login?service={}", enc(&long_service))).await;
+    assert_eq!(page.status, 403, "a service URL over the limit matches no service");
+    node.shutdown().await;
+}
+
+/// Every page carries the anti-framing and no-sniff headers; HSTS comes with https deployments.
+#[tokio::test]
+async fn pages_carry_the_security_headers() {
+    let node = start(|_| {}).await;
+    let r = http().get(format!("{}/login", node.base_url())).send().await.expect("request");
+    let h = r.headers();
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["content-security-policy"], "frame-ancestors 'none'");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert!(h.get("strict-transport-security").is_none(), "plain http: no HSTS");
+    node.shutdown().await;
+    let node = start(|c| {
+        c.http.allow_plain_http = false;
+        c.http.tls_terminated_upstream = true;
+    })
+    .await;
+    let r = http().get(format!("{}/login", node.base_url())).send().await.expect("request");
+    assert_eq!(r.headers()["strict-transport-security"], "max-age=31536000");
+    node.shutdown().await;
+}
+
+/// With no room to wait, logins beyond the cores get an immediate "busy, try again" (503, Retry-After), never a
+/// "wrong password", and the others succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_checks_beyond_the_queue_are_told_to_retry() {
+    let node = start(|c| c.auth.max_waiting_checks = 0).await;
+    let mut lts = Vec::new();
+    for _ in 0..16 {
+        lts.push(fresh_lt(&node).await);
+    }
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(lts.len()));
+    let url = format!("{}/login", node.base_url());
+    let tasks: Vec<_> = lts
+        .into_iter()
+        .map(|lt| {
+            let (url, barrier) = (url.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let form = [("username", USER), ("password", PASSWORD), ("lt", lt.as_str())];
+                let r = http().post(url).form(&form).send().await.expect("request");
+                (r.status().as_u16(), r.headers().get("retry-after").is_some())
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.expect("join"));
+    }
+    let busy = outcomes.iter().filter(|(s, retry)| *s == 503 && *retry).count();
+    let ok = outcomes.iter().filter(|(s, _)| *s == 200).count();
+    assert!(busy >= 1, "some were told to retry: {outcomes:?}");
+    assert_eq!(busy + ok, outcomes.len(), "the rest logged in, none was told its password was wrong: {outcomes:?}");
+    node.shutdown().await;
+}
+
+/// The replication port closes a connection at its first frame that does not open, and refuses a frame whose
+/// announced length is over the bound before receiving it.
+#[tokio::test]
+async fn the_replication_port_closes_junk_at_once() {
+    let key = ClusterKey::generate();
+    let node = start(|c| join_cluster(c, "hard", "h1", &key, vec![], 1)).await;
+    let status = node.cluster().expect("clustered").status();
+    let own = || status.borrow().members.iter().find(|m| m.is_self).and_then(|m| m.replication_addr.clone());
+    wait_until(Duration::from_secs(5), "the node to list itself", || async { own().is_some() }).await;
+    let addr = own().expect("replication address");
+    let closed = |mut s: tokio::net::TcpStream| async move {
+        let mut buf = [0u8; 16];
+        matches!(tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+    };
+    let mut junk = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    junk.write_all(&[&8u32.to_be_bytes()[..], b"notsealed"].concat()).await.expect("write");
+    assert!(closed(junk).await, "a frame that does not open closes the connection");
+    let mut huge = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    huge.write_all(&(16u32 << 20).to_be_bytes()).await.expect("write");
+    assert!(closed(huge).await, "a 16 MiB first frame is refused before it is sent");
+    let dropped = node.cluster().expect("clustered").dropped();
+    assert!(dropped.oversize >= 1 && dropped.malformed + dropped.bad_tag >= 1, "{dropped:?}");
+    node.shutdown().await;
+}
