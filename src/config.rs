@@ -230,6 +230,27 @@ pub struct HttpConfig {
     /// On a graceful stop, how long requests in flight may take to finish before their connections are dropped.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Connections served at once; past it a new one is closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A request head must arrive whole within this; a keep-alive connection idle this long is closed.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A request (its body included) must be answered within this, or it gets a 503.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_drain_timeout() -> Duration {
@@ -519,6 +540,8 @@ impl Config {
             ("proxy.callback_timeout", self.proxy.callback_timeout),
             ("slo.timeout", self.slo.timeout),
             ("http.drain_timeout", self.http.drain_timeout),
+            ("http.header_timeout", self.http.header_timeout),
+            ("http.request_timeout", self.http.request_timeout),
         ] {
             if value.is_zero() {
                 return Err(self.invalid(key, humantime::format_duration(value), "must be greater than zero"));
@@ -532,6 +555,9 @@ impl Config {
             if value < 16 {
                 return Err(self.invalid(key, value, "must be at least 16"));
             }
+        }
+        if self.http.max_connections == 0 {
+            return Err(self.invalid("http.max_connections", 0, "must be at least 1"));
         }
         if self.slo.max_concurrency == 0 {
             return Err(self.invalid("slo.max_concurrency", 0, "must be at least 1"));

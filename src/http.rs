@@ -1,5 +1,10 @@
 //! The HTTP listener, plain or TLS alike: accepts connections, serves each with hyper and the router (with the
 //! client's address as `ConnectInfo`), and on stop lets requests in flight finish while refusing new ones.
+//!
+//! No client can hold the node: at most `max_connections` are served at once (past that a new connection is
+//! closed at once, and the cap stays below the process's file-descriptor limit), a request head must arrive
+//! whole within `header_timeout` (which also closes keep-alive connections idle that long), and a request must be
+//! answered within `request_timeout`. HTTP/2 gets the same cap, a bound on concurrent streams and keep-alive pings.
 
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -8,11 +13,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,6 +29,46 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a failed accept (out of file descriptors, most likely), wait this long: retrying at once spins a core
 /// while nothing can be accepted anyway.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// File descriptors kept free of HTTP connections: replication links, SLO and proxy callbacks, the listeners.
+const RESERVED_FDS: usize = 256;
+/// Streams one HTTP/2 connection may have open at once.
+const H2_MAX_STREAMS: u32 = 100;
+
+/// How much one client may take of the listener (`[http]` in the config).
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl HttpLimits {
+    /// `max_connections`, or fewer when the process may not open that many files: a connection refused at the cap
+    /// costs nothing, one refused by the kernel for want of descriptors starves everything else.
+    pub fn effective_max_connections(&self) -> usize {
+        match open_files_limit() {
+            Some(limit) if limit < self.max_connections + RESERVED_FDS => {
+                let capped = limit.saturating_sub(RESERVED_FDS).max(16);
+                tracing::warn!(
+                    limit,
+                    capped,
+                    configured = self.max_connections,
+                    "the open-files limit is low for http.max_connections; raise it (LimitNOFILE)"
+                );
+                capped
+            }
+            _ => self.max_connections,
+        }
+    }
+}
+
+/// The soft limit on open files, from /proc (Linux); `None` elsewhere or when unlimited.
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
 
 /// When a listener stops: `graceful` stops accepting and lets each connection finish its request in flight;
 /// `abort`, cancelled once the drain bound has passed, drops the connections still open.
@@ -38,10 +84,14 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<TlsReloader>>,
+    limits: HttpLimits,
     stops: Stops,
     connections: TaskTracker,
 ) {
     let stop = stops.graceful.clone();
+    let slots = Arc::new(Semaphore::new(limits.effective_max_connections()));
+    let router =
+        router.layer(axum::middleware::from_fn(move |request, next| within(limits.request_timeout, request, next)));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -55,16 +105,25 @@ pub async fn serve(
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%client, "connection refused: http.max_connections reached");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let app = router.clone().layer(axum::Extension(ConnectInfo::<SocketAddr>(client)));
         let stops = stops.clone();
+        let header_timeout = limits.header_timeout;
         match &tls {
             None => {
-                connections.spawn(serve_connection(stream, app, client, stops));
+                connections.spawn(async move {
+                    serve_connection(stream, app, client, header_timeout, stops).await;
+                    drop(slot);
+                });
             }
             Some(tls) => {
                 let Some(acceptor) = tls.acceptor() else { continue };
                 connections.spawn(async move {
+                    let _slot = slot;
                     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
@@ -73,7 +132,7 @@ pub async fn serve(
                         }
                         Err(_) => return,
                     };
-                    serve_connection(stream, app, client, stops).await;
+                    serve_connection(stream, app, client, header_timeout, stops).await;
                 });
             }
         }
@@ -81,11 +140,18 @@ pub async fn serve(
 }
 
 /// Serves one connection; on a graceful stop, the request in flight finishes and the connection closes.
-async fn serve_connection<S>(stream: S, app: Router, client: SocketAddr, stops: Stops)
+async fn serve_connection<S>(stream: S, app: Router, client: SocketAddr, header_timeout: Duration, stops: Stops)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .keep_alive_interval(Some(header_timeout))
+        .keep_alive_timeout(Duration::from_secs(10));
     let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app)));
     let outcome = tokio::select! {
         outcome = connection.as_mut() => outcome,
@@ -99,5 +165,18 @@ where
     };
     if let Err(e) = outcome {
         tracing::debug!(%client, error = %e, "connection ended with an error");
+    }
+}
+
+/// Answers 503 when the handler takes longer than `limit` (a request body trickling in counts).
+async fn within(
+    limit: Duration,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "request took too long\n").into_response(),
     }
 }

@@ -15,7 +15,7 @@ use crate::clock::now_ms;
 use crate::cluster::replication::{Readiness, Replicator, StateTransfer};
 use crate::cluster::{Cluster, Identity};
 use crate::config::{Config, ConfigError, Resolved};
-use crate::http::Stops;
+use crate::http::{HttpLimits, Stops};
 use crate::ops::{self, Ops};
 use crate::registry::{Maps, TicketRegistry};
 use crate::sweeper::{self, SendsExpiryLogout};
@@ -100,7 +100,12 @@ impl Node {
 
         let stops = Stops { graceful: CancellationToken::new(), abort: CancellationToken::new() };
         let (tasks, connections, server_down) = (TaskTracker::new(), TaskTracker::new(), CancellationToken::new());
-        let serving = crate::http::serve(listener, router, tls.clone(), stops.clone(), connections.clone());
+        let limits = HttpLimits {
+            max_connections: config.http.max_connections,
+            header_timeout: config.http.header_timeout,
+            request_timeout: config.http.request_timeout,
+        };
+        let serving = crate::http::serve(listener, router, tls.clone(), limits, stops.clone(), connections.clone());
         let down = server_down.clone().drop_guard();
         tasks.spawn(async move {
             serving.await;

@@ -154,3 +154,46 @@ async fn the_replication_port_closes_junk_at_once() {
     assert!(dropped.oversize >= 1 && dropped.malformed + dropped.bad_tag >= 1, "{dropped:?}");
     node.shutdown().await;
 }
+
+/// A request head that never completes is dropped at `http.header_timeout`, and so is a keep-alive connection
+/// idle that long; new connections past `http.max_connections` are closed at once, while a legitimate client
+/// is served again as soon as there is room.
+#[tokio::test]
+async fn slow_idle_and_surplus_connections_are_closed() {
+    let node = start(|c| {
+        c.http.header_timeout = Duration::from_secs(1);
+        c.http.max_connections = 8;
+    })
+    .await;
+    let addr = node.local_addr();
+    let closed_within = |mut s: tokio::net::TcpStream, limit: Duration| async move {
+        let mut buf = vec![0u8; 4096];
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    };
+    let mut partial = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    partial.write_all(b"GET /cas/login HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+    assert!(closed_within(partial, Duration::from_secs(4)).await, "a partial head is dropped");
+    let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    idle.write_all(b"GET /cas/health HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    assert!(closed_within(idle, Duration::from_secs(4)).await, "an idle keep-alive connection is closed");
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let surplus = tokio::net::TcpStream::connect(addr).await.expect("the kernel still accepts");
+    assert!(closed_within(surplus, Duration::from_millis(500)).await, "past the cap a connection is closed at once");
+    drop(held);
+    wait_until(Duration::from_secs(5), "room for a legitimate client again", || async {
+        http().get(format!("{}/health", node.base_url())).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    node.shutdown().await;
+}
