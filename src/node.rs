@@ -64,6 +64,13 @@ impl Node {
     pub async fn start(config: Config) -> Result<NodeHandle, StartError> {
         let Resolved { config, services, users, cluster: plan } = config.resolve()?;
         let generation = now_ms();
+        // Every node of a cluster must recognise every node's ticket ids; a single node's ids live in its memory
+        // only, so a key of its own boot does.
+        let id_mac_key = match &plan {
+            Some(plan) => plan.key.derive("casd ticket id mac v1"),
+            None => rand::random(),
+        };
+        let ids = IdGenerator::new(&config.node.name, generation, &id_mac_key);
         let tls = match &config.http.tls {
             Some(t) => Some(Arc::new(TlsReloader::new(&t.cert_file, &t.key_file)?)),
             None => None,
@@ -94,7 +101,7 @@ impl Node {
             }
             None => Box::new(|| true),
         };
-        let app = Arc::new(build_app(&config, generation, maps, services, users, ready)?);
+        let app = Arc::new(build_app(&config, ids, maps, services, users, ready)?);
         let ops = Ops::new(app.clone(), cluster.as_ref());
         let router = cas::router(app.clone(), ops::router(Arc::new(ops)));
 
@@ -141,13 +148,12 @@ impl Node {
 
 fn build_app(
     config: &Config,
-    generation: u64,
+    ids: IdGenerator,
     maps: Maps,
     services: cas::services::ServiceRegistry,
     users: Vec<crate::auth::UserRecord>,
     ready: Box<dyn Fn() -> bool + Send + Sync>,
 ) -> Result<App, StartError> {
-    let ids = IdGenerator::new(&config.node.name, generation);
     let registry = Arc::new(TicketRegistry::new(ids, config.tickets.policy(), maps));
     let slo = SloSender::new(config.slo.enabled, config.slo.timeout, config.slo.max_concurrency)
         .map_err(|e| StartError::Slo(e.to_string()))?;

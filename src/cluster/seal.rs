@@ -72,6 +72,16 @@ impl ClusterKey {
     pub fn to_base64(&self) -> String {
         base64::engine::general_purpose::STANDARD.encode(self.0)
     }
+
+    /// A 32-byte key for another use of the cluster's secret (e.g. the mac of ticket ids), independent of the
+    /// sealing keys: HKDF-SHA256 with `purpose` as the info.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        let mut okm = [0u8; 32];
+        Hkdf::<Sha256>::new(Some(b"casd derived key"), &self.0)
+            .expand(purpose.as_bytes(), &mut okm)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        okm
+    }
 }
 
 /// What a sealed frame is for; each purpose has its own keys, so a frame cannot be moved from one use to another.

@@ -127,7 +127,7 @@ impl TicketRegistry {
 
     /// Uses up a login ticket; it is gone afterwards whatever the login's outcome (CAS 3.0 §3.5.1).
     pub async fn consume_lt(&self, raw: &str, now: EpochMs) -> Result<(), RegistryError> {
-        let id = parse_kind(raw, &[TicketKind::Lt])?;
+        let id = self.parse_kind(raw, &[TicketKind::Lt])?;
         let lt = self.maps.lt.take(&id).await?.ok_or(RegistryError::NotFound)?;
         if lt.is_expired(&self.policy, now) {
             return Err(RegistryError::Expired);
@@ -144,7 +144,7 @@ impl TicketRegistry {
 
     /// The TGT behind a cookie value, if it exists and has not expired.
     pub async fn live_tgt(&self, raw: &str, now: EpochMs) -> Result<(TicketId, Arc<Tgt>), RegistryError> {
-        let id = parse_kind(raw, &[TicketKind::Tgt])?;
+        let id = self.parse_kind(raw, &[TicketKind::Tgt])?;
         let tgt = self.maps.tgt.get(&id).await.ok_or(RegistryError::NotFound)?;
         if tgt.is_expired(&self.policy, now) {
             return Err(RegistryError::Expired);
@@ -194,7 +194,7 @@ impl TicketRegistry {
     /// Consumes a service ticket (and, when `accept_pt`, a proxy ticket) whatever the outcome of the validation that
     /// follows: CAS 3.0 §3.1.1 makes every validation attempt use the ticket up.
     pub async fn consume(&self, raw: &str, accept_pt: bool, now: EpochMs) -> Result<Consumed, RegistryError> {
-        let id = parse_kind(raw, &[TicketKind::St, TicketKind::Pt])?;
+        let id = self.parse_kind(raw, &[TicketKind::St, TicketKind::Pt])?;
         let kind = id.kind();
         let map = if kind == TicketKind::Pt { &self.maps.pt } else { &self.maps.st };
         let ticket = map.take(&id).await?.ok_or(RegistryError::NotFound)?;
@@ -223,7 +223,7 @@ impl TicketRegistry {
 
     /// Grants a proxy ticket for `target` with a live PGT. The PT carries the PGT's proxy chain.
     pub async fn grant_pt(&self, raw_pgt: &str, target: &str, now: EpochMs) -> Result<TicketId, RegistryError> {
-        let pgt_id = parse_kind(raw_pgt, &[TicketKind::Pgt])?;
+        let pgt_id = self.parse_kind(raw_pgt, &[TicketKind::Pgt])?;
         let pgt = self.maps.pgt.get(&pgt_id).await.ok_or(RegistryError::NotFound)?;
         if pgt.is_expired(&self.policy, now) {
             return Err(RegistryError::Expired);
@@ -241,7 +241,7 @@ impl TicketRegistry {
 
     /// Ends an SSO session: removes the TGT and every PGT under it. Returns the TGT for single logout.
     pub async fn destroy_tgt(&self, raw: &str) -> Result<Option<Arc<Tgt>>, RegistryError> {
-        let Ok(id) = parse_kind(raw, &[TicketKind::Tgt]) else { return Ok(None) };
+        let Ok(id) = self.parse_kind(raw, &[TicketKind::Tgt]) else { return Ok(None) };
         let tgt = self.maps.tgt.take(&id).await?;
         if tgt.is_some() {
             let tgt_id = id.to_string();
@@ -266,9 +266,16 @@ impl TicketRegistry {
     }
 }
 
-fn parse_kind(raw: &str, kinds: &[TicketKind]) -> Result<TicketId, RegistryError> {
-    let id = TicketId::parse(raw).map_err(|_| RegistryError::NotFound)?;
-    if kinds.contains(&id.kind()) { Ok(id) } else { Err(RegistryError::WrongKind) }
+impl TicketRegistry {
+    /// The id in `raw`, if it is one of `kinds` and was minted in this cluster: anything else is refused before any
+    /// lookup, so made-up ids cost no map access and no replicated write.
+    fn parse_kind(&self, raw: &str, kinds: &[TicketKind]) -> Result<TicketId, RegistryError> {
+        let id = TicketId::parse(raw).map_err(|_| RegistryError::NotFound)?;
+        if !self.ids.recognises(&id) {
+            return Err(RegistryError::NotFound);
+        }
+        if kinds.contains(&id.kind()) { Ok(id) } else { Err(RegistryError::WrongKind) }
+    }
 }
 
 #[cfg(test)]

@@ -65,11 +65,23 @@ pub enum Consumption {
     IssuingNode,
 }
 
+/// Which nodes hold a map's entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Copies {
+    /// Every node: any node may read the entry (sessions, PGTs), and single logout needs them all.
+    Everywhere,
+    /// Only the issuer, the one node that ever reads the entry: nothing is sent to peers, in writes or in pulls.
+    /// Login tickets are minted by anyone who loads the login page, so replicating them made every anonymous
+    /// `GET /login` a synchronous write on every node (issue 12).
+    IssuerOnly,
+}
+
 /// How one map behaves in the cluster.
 #[derive(Clone, Copy, Debug)]
 pub struct MapPolicy {
     pub map: MapId,
     pub consumption: Consumption,
+    pub copies: Copies,
     /// Copies (this node's included) a new ticket must reach, or its creation fails.
     pub min_copies: usize,
     /// How long a tombstone outlives the removal: the kind's longest lifetime plus a margin.
@@ -80,16 +92,17 @@ impl MapPolicy {
     /// The policy of each map, decided here and nowhere else. `session_min_copies` applies to new SSO sessions
     /// (`cluster.min_copies`); a one-time ticket needs no copy but its issuer's, which alone decides it.
     pub fn of(map: MapId, expiry: &ExpiryPolicy, session_min_copies: usize) -> Self {
-        let (consumption, lifetime, min_copies) = match map {
-            MapId::Tgt => (Consumption::AnyNode, expiry.tgt_max_lifetime, session_min_copies),
-            MapId::Pgt => (Consumption::AnyNode, expiry.tgt_max_lifetime, 1),
-            MapId::St => (Consumption::IssuingNode, expiry.st_ttl, 1),
-            MapId::Pt => (Consumption::IssuingNode, expiry.pt_ttl, 1),
-            MapId::Lt => (Consumption::IssuingNode, expiry.lt_ttl, 1),
+        use {Consumption::*, Copies::*};
+        let (consumption, copies, lifetime, min_copies) = match map {
+            MapId::Tgt => (AnyNode, Everywhere, expiry.tgt_max_lifetime, session_min_copies),
+            MapId::Pgt => (AnyNode, Everywhere, expiry.tgt_max_lifetime, 1),
+            MapId::St => (IssuingNode, Everywhere, expiry.st_ttl, 1),
+            MapId::Pt => (IssuingNode, Everywhere, expiry.pt_ttl, 1),
+            MapId::Lt => (IssuingNode, IssuerOnly, expiry.lt_ttl, 1),
         };
         // A tombstone must outlive every copy of the ticket it removes, clocks a little apart included.
         let margin = Duration::from_secs(60);
-        Self { map, consumption, min_copies, tombstone_ttl: lifetime + margin }
+        Self { map, consumption, copies, min_copies, tombstone_ttl: lifetime + margin }
     }
 }
 
@@ -122,7 +135,10 @@ impl<V: Ticket> ReplicatedMap<V> {
     }
 
     async fn replicate(&self, entry: Entry) -> usize {
-        self.replicator.replicate(self.policy.map, entry).await
+        match self.policy.copies {
+            Copies::Everywhere => self.replicator.replicate(self.policy.map, entry).await,
+            Copies::IssuerOnly => 1,
+        }
     }
 
     /// Turns a live entry into a tombstone, atomically (at most one caller gets the value), and returns it with the
@@ -179,10 +195,12 @@ impl<V: Ticket> ReplicatedMap<V> {
     /// after the answer instead of before, which saves the caller a round trip to every peer.
     fn consume_here(&self, id: &TicketId) -> Option<Arc<V>> {
         let (value, op) = self.tombstone(id)?;
-        let (replicator, map) = (self.replicator.clone(), self.policy.map);
-        tokio::spawn(async move {
-            replicator.replicate(map, op).await;
-        });
+        if self.policy.copies == Copies::Everywhere {
+            let (replicator, map) = (self.replicator.clone(), self.policy.map);
+            tokio::spawn(async move {
+                replicator.replicate(map, op).await;
+            });
+        }
         Some(value)
     }
 
@@ -311,6 +329,9 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
 #[async_trait]
 impl<V: Ticket> MapReplica for ReplicatedMap<V> {
     fn apply(&self, entry: &Entry) {
+        if self.policy.copies == Copies::IssuerOnly {
+            return;
+        }
         match entry {
             Entry::Live { id: raw, value: bytes } => {
                 let (Ok(id), Some(value)) = (TicketId::parse(raw), Self::decode(bytes)) else { return };
@@ -366,8 +387,12 @@ impl<V: Ticket> MapReplica for ReplicatedMap<V> {
         Ok(value.map(|v| postcard::to_allocvec(&*v).expect("tickets always serialise")))
     }
 
+    /// An issuer-only map shows peers an empty digest, so that pulls never fetch it.
     fn digest(&self) -> Vec<BucketDigest> {
-        self.digest.buckets()
+        match self.policy.copies {
+            Copies::Everywhere => self.digest.buckets(),
+            Copies::IssuerOnly => Digest::default().buckets(),
+        }
     }
 
     fn entries_in(&self, buckets: &[u16], after: Option<&str>, max_bytes: usize) -> (Vec<Entry>, bool) {
@@ -456,7 +481,7 @@ mod tests {
     #[tokio::test]
     async fn an_expired_ticket_handed_back_by_a_peer_stays_expired() {
         let m = map();
-        let id = IdGenerator::new("n", 1).mint(TicketKind::Tgt);
+        let id = IdGenerator::new("n", 1, &[7; 32]).mint(TicketKind::Tgt);
         m.insert(&id, tgt(0)).await.expect("insert");
         let expiry = ExpiryPolicy::default();
         let late = expiry.tgt_max_lifetime.as_millis() as u64 + 1;
@@ -469,7 +494,7 @@ mod tests {
     #[tokio::test]
     async fn removal_wins_over_any_copy_in_any_order() {
         let (a, b) = (map(), map());
-        let id = IdGenerator::new("n", 1).mint(TicketKind::Tgt);
+        let id = IdGenerator::new("n", 1, &[7; 32]).mint(TicketKind::Tgt);
         let put = Entry::Live { id: id.to_string(), value: postcard::to_allocvec(&tgt(5)).expect("ser") };
         let remove = Entry::Removed { id: id.to_string(), gc_after: u64::MAX };
         a.apply(&put);
@@ -489,7 +514,7 @@ mod tests {
     #[tokio::test]
     async fn pages_by_bytes_cover_every_entry_once() {
         let m = map();
-        let ids = IdGenerator::new("n", 1);
+        let ids = IdGenerator::new("n", 1, &[7; 32]);
         for i in 0..60u64 {
             let mut t = tgt(i);
             let size = if i == 7 { 5000 } else { 100 };
@@ -529,7 +554,7 @@ mod tests {
             d.buckets()
         }
         let m = map();
-        let ids = IdGenerator::new("n", 1);
+        let ids = IdGenerator::new("n", 1, &[7; 32]);
         let kept: Vec<TicketId> = (0..40).map(|_| ids.mint(TicketKind::Tgt)).collect();
         for (i, id) in kept.iter().enumerate() {
             m.insert(id, tgt(i as u64)).await.expect("insert");

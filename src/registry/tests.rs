@@ -3,7 +3,7 @@ use std::sync::Arc;
 use super::*;
 
 fn registry() -> TicketRegistry {
-    TicketRegistry::new(IdGenerator::new("t", 1), ExpiryPolicy::default(), Maps::local())
+    TicketRegistry::new(IdGenerator::new("t", 1, &[7; 32]), ExpiryPolicy::default(), Maps::local())
 }
 
 fn alice() -> Principal {

@@ -197,3 +197,29 @@ async fn slow_idle_and_surplus_connections_are_closed() {
     .await;
     node.shutdown().await;
 }
+
+/// Loading the login form and logging out with made-up cookies cost the cluster nothing: login tickets stay with
+/// their issuer (a form fetched from one node still posts to another), and an id nobody minted is refused without
+/// a tombstone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_requests_make_no_replicated_writes() {
+    let cluster = TestCluster::start("anon", "a", 2, |_, _| {}).await;
+    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let writes = || n1.replicator().expect("clustered").counts().writes;
+    let before = writes();
+    for i in 0..20 {
+        let mut b = Browser::new(n1);
+        assert_eq!(b.get("/login").await.status, 200);
+        b.tgc = Some(format!("TGT-{}{:08}-a1000000ab", "A".repeat(22), i));
+        assert_eq!(b.get("/logout").await.status, 200);
+    }
+    assert_eq!(writes(), before, "no replicated write for a login form or a forged cookie");
+    let mut b = Browser::new(n1);
+    let lt = lt_of(&b.get(&format!("/login?service={}", enc(APP))).await.body);
+    b.base = n2.base_url();
+    let page =
+        b.post_form("/login", &[("username", USER), ("password", PASSWORD), ("lt", &lt), ("service", APP)]).await;
+    assert_eq!(page.status, 302, "the form's ticket is consumed by its issuer on the other node's behalf");
+    assert_eq!(n1.registry().sizes()[0].1, 1, "a real login is replicated to the other node");
+    cluster.crash_all().await;
+}

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use casd::cluster::replication::digest::{all_buckets, plan_pulls};
 use casd::cluster::replication::replica::{Entry, MapId, MapReplica, Owner, ReplicaError, Replicas};
 use casd::registry::TicketMap;
-use casd::registry::replicated::{Consumption, MapPolicy, ReplicatedMap};
+use casd::registry::replicated::{Consumption, Copies, MapPolicy, ReplicatedMap};
 use casd::ticket::{IdGenerator, Principal, ServiceTicket, Tgt, TicketId, TicketKind};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -107,7 +107,7 @@ impl Replicas for SimReplicas {
 }
 
 fn policy(map: MapId, consumption: Consumption) -> MapPolicy {
-    MapPolicy { map, consumption, min_copies: 1, tombstone_ttl: Duration::from_secs(3600) }
+    MapPolicy { map, consumption, copies: Copies::Everywhere, min_copies: 1, tombstone_ttl: Duration::from_secs(3600) }
 }
 
 fn boot(world: &Arc<Mutex<World>>, i: usize) {
@@ -201,7 +201,7 @@ async fn run(seed: u64) -> Result<(), String> {
         match roll {
             0..=19 => {
                 let Some((tgt, _, name, generation)) = node_maps(i) else { continue };
-                let id = IdGenerator::new(&name, generation).mint(TicketKind::Tgt);
+                let id = IdGenerator::new(&name, generation, &[7; 32]).mint(TicketKind::Tgt);
                 let t = Tgt { principal: principal.clone(), created: 0, last_used: 0, services: Default::default() };
                 tgt.insert(&id, t).await.map_err(|e| format!("insert: {e}"))?;
                 let mut holders: BTreeSet<usize> = world.lock().expect("world").reachable(i).into_iter().collect();
@@ -218,7 +218,7 @@ async fn run(seed: u64) -> Result<(), String> {
                 if tgt.get(&session_id).await.is_none() {
                     continue;
                 }
-                let id = IdGenerator::new(&name, generation).mint(TicketKind::St);
+                let id = IdGenerator::new(&name, generation, &[7; 32]).mint(TicketKind::St);
                 let ticket = ServiceTicket {
                     service: "https://app/".into(),
                     tgt: session.clone(),
@@ -392,7 +392,7 @@ async fn a_broken_owner_check_is_caught() {
         boot(&world, i);
     }
     let maps = |i: usize| world.lock().expect("world").nodes[i].maps.as_ref().map(|m| m.st.clone()).expect("up");
-    let id = IdGenerator::new("s0", 1).mint(TicketKind::St);
+    let id = IdGenerator::new("s0", 1, &[7; 32]).mint(TicketKind::St);
     let st = ServiceTicket {
         service: "s".into(),
         tgt: "TGT-x-y".into(),
