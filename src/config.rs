@@ -340,13 +340,26 @@ impl Default for ProtocolConfig {
 pub struct ThrottleConfig {
     /// Failed logins allowed per username and client address within `window` before further attempts are refused.
     pub max_failures: u32,
+    /// Failed logins allowed per client address across usernames within `window` (password spraying).
+    pub max_failures_per_address: u32,
     #[serde(with = "humantime_serde")]
     pub window: Duration,
+    /// Keys (username and address pairs, and addresses) the throttle remembers at most.
+    pub max_tracked: usize,
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` is believed: behind a load balancer every client
+    /// would otherwise be the balancer's address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ThrottleConfig {
     fn default() -> Self {
-        Self { max_failures: 10, window: Duration::from_secs(60) }
+        Self {
+            max_failures: 10,
+            max_failures_per_address: 100,
+            window: Duration::from_secs(60),
+            max_tracked: 100_000,
+            trusted_proxies: Vec::new(),
+        }
     }
 }
 
@@ -562,8 +575,14 @@ impl Config {
         if self.slo.max_concurrency == 0 {
             return Err(self.invalid("slo.max_concurrency", 0, "must be at least 1"));
         }
-        if self.throttle.max_failures == 0 {
-            return Err(self.invalid("throttle.max_failures", 0, "must be at least 1"));
+        for (key, value) in [
+            ("throttle.max_failures", self.throttle.max_failures as usize),
+            ("throttle.max_failures_per_address", self.throttle.max_failures_per_address as usize),
+            ("throttle.max_tracked", self.throttle.max_tracked),
+        ] {
+            if value == 0 {
+                return Err(self.invalid(key, 0, "must be at least 1"));
+            }
         }
         let mut ids = std::collections::HashSet::new();
         for (i, s) in self.services.iter().enumerate() {

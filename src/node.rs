@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Argon2Pool, Throttle, UsersFile};
+use crate::auth::{Argon2Pool, Throttle, ThrottleLimits, UsersFile};
 use crate::cas::{self, App, cookie::TgcCookie, pages::Pages, pgt_callback::PgtCallback, slo::SloSender};
 use crate::clock::now_ms;
 use crate::cluster::replication::{Readiness, Replicator, StateTransfer};
@@ -164,7 +164,13 @@ fn build_app(
         authenticator: Arc::new(UsersFile::new(users, Argon2Pool::per_core(config.auth.max_waiting_checks))),
         limits: config.limits.clone(),
         ready,
-        throttle: Throttle::new(config.throttle.max_failures, config.throttle.window),
+        throttle: Throttle::new(ThrottleLimits {
+            max_failures: config.throttle.max_failures,
+            max_failures_per_address: config.throttle.max_failures_per_address,
+            window: config.throttle.window,
+            max_tracked: config.throttle.max_tracked,
+        }),
+        trusted_proxies: config.throttle.trusted_proxies.clone(),
         pages: Pages::new(&config.http.base_path),
         cookie: TgcCookie {
             name: config.cookie.name.clone(),

@@ -6,7 +6,7 @@ mod throttle;
 mod users_file;
 
 pub use argon2_pool::Argon2Pool;
-pub use throttle::{Throttle, Throttled};
+pub use throttle::{Throttle, ThrottleLimits, Throttled};
 pub use users_file::{UserRecord, UsersFile, UsersFileError, hash_password};
 
 use async_trait::async_trait;

@@ -124,7 +124,7 @@ pub async fn form(State(app): State<AppState>, headers: HeaderMap, Query(p): Que
     }
 }
 
-#[tracing::instrument(skip_all, fields(client = %addr.ip()))]
+#[tracing::instrument(skip_all, fields(client = %addr))]
 pub async fn submit(
     State(app): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -133,6 +133,7 @@ pub async fn submit(
     body: Bytes,
 ) -> Response {
     let now = now_ms();
+    let addr = super::client_addr::client_addr(addr.ip(), &headers, &app.trusted_proxies);
     if !super::origin::same_origin(&headers) {
         tracing::warn!("login form posted from another site refused");
         return app.pages.message(
@@ -169,20 +170,22 @@ pub async fn submit(
         let msg = "Your login form had expired or was already used. Please enter your credentials again.";
         return show_form(&app, StatusCode::BAD_REQUEST, &p, Some(msg), username).await;
     }
-    if let Err(t) = app.throttle.check(username, addr.ip(), now) {
-        tracing::warn!(retry_after_s = t.retry_after.as_secs(), "login throttled");
+    if let Err(t) = app.throttle.check(username, addr, now) {
+        tracing::warn!(retry_after_s = t.retry_after.as_secs(), per_address = t.per_address, "login throttled");
         app.metrics.logins_throttled.fetch_add(1, Ordering::Relaxed);
-        let msg = format!(
-            "Too many failed attempts for this account. It is locked for {} more seconds.",
-            t.retry_after.as_secs().max(1)
-        );
+        let wait = t.retry_after.as_secs().max(1);
+        let msg = if t.per_address {
+            format!("Too many failed logins from your network. Please try again in {wait} seconds.")
+        } else {
+            format!("Too many failed attempts for this account. It is locked for {wait} more seconds.")
+        };
         return show_form(&app, StatusCode::TOO_MANY_REQUESTS, &p, Some(&msg), username).await;
     }
     let principal = match app.authenticator.authenticate(username, password).await {
         Ok(principal) => principal,
         Err(AuthError::InvalidCredentials) => {
             tracing::info!("login failed: invalid credentials");
-            app.throttle.record_failure(username, addr.ip(), now);
+            app.throttle.record_failure(username, addr, now);
             app.metrics.logins_failed.fetch_add(1, Ordering::Relaxed);
             let msg = "The username or password you entered is incorrect.";
             return show_form(&app, StatusCode::UNAUTHORIZED, &p, Some(msg), username).await;
@@ -190,7 +193,7 @@ pub async fn submit(
         // Not the user's fault: neither counted against the account nor shown as a wrong password.
         Err(e) => return busy(&app, &e),
     };
-    app.throttle.record_success(username, addr.ip());
+    app.throttle.record_success(username, addr);
     let tgt = match app.registry.issue_tgt(principal, now).await {
         Ok(tgt) => tgt,
         Err(e) => return unavailable(&app, &e),

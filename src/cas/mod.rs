@@ -2,6 +2,7 @@
 //! and the proxy callback client. Knows tickets and the [`TicketRegistry`], never the cluster: the operators'
 //! endpoints live in `crate::ops`.
 
+pub mod client_addr;
 pub mod cookie;
 pub mod error;
 pub mod login;
@@ -41,6 +42,8 @@ pub struct App {
     pub cas2_attributes: bool,
     /// What one request may carry.
     pub limits: Limits,
+    /// Proxies whose `X-Forwarded-For` names the client (throttling).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Whether this node may answer CAS requests: a clustered node that has not its copy of the maps yet would
     /// call live tickets unknown.
     pub ready: Box<dyn Fn() -> bool + Send + Sync>,

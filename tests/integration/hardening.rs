@@ -223,3 +223,37 @@ async fn anonymous_requests_make_no_replicated_writes() {
     assert_eq!(n1.registry().sizes()[0].1, 1, "a real login is replicated to the other node");
     cluster.crash_all().await;
 }
+
+/// Behind a trusted proxy each client is throttled by its own address: an attacker failing a user's password
+/// locks that user out from the attacker's address only, and one address spraying usernames is stopped whole.
+#[tokio::test]
+async fn throttling_follows_the_forwarded_client_behind_a_trusted_proxy() {
+    let node = start(|c| {
+        c.throttle.max_failures = 3;
+        c.throttle.max_failures_per_address = 6;
+        c.throttle.trusted_proxies = vec!["127.0.0.1/32".parse().expect("net")];
+    })
+    .await;
+    let attempt = |user: &'static str, password: &'static str, client: &'static str| {
+        let node_url = node.base_url();
+        async move {
+            let b = Browser { base: node_url.clone(), client: http(), tgc: None };
+            let page = b.client.get(format!("{node_url}/login")).send().await.expect("form");
+            let lt = lt_of(&unescape_html(&page.text().await.expect("body")));
+            let form = [("username", user), ("password", password), ("lt", lt.as_str())];
+            let r = b.client.post(format!("{node_url}/login")).header("X-Forwarded-For", client).form(&form);
+            r.send().await.expect("post").status().as_u16()
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(attempt(USER, "wrong", "203.0.113.66").await, 401);
+    }
+    assert_eq!(attempt(USER, PASSWORD, "203.0.113.66").await, 429, "locked out from the attacker's address");
+    assert_eq!(attempt(USER, PASSWORD, "198.51.100.7").await, 200, "the real user elsewhere is not");
+    for user in ["a", "b", "c"] {
+        assert_eq!(attempt(user, "guess", "203.0.113.99").await, 401);
+        assert_eq!(attempt(user, "guess", "203.0.113.99").await, 401);
+    }
+    assert_eq!(attempt("d", "guess", "203.0.113.99").await, 429, "six failures over usernames stop the address");
+    node.shutdown().await;
+}
