@@ -68,6 +68,19 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub ops: OpsConfig,
+}
+
+/// Who may read `/metrics`, `/cluster` and `/cluster.html`: they show addresses, boot times and counters.
+/// `/health` and `/ready` are always open (load balancers probe them).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// Required as `Authorization: Bearer <token>`.
+    pub token: Option<Secret>,
+    /// Serve them to anyone: for demos and labs only. Neither this nor a token: they answer 404.
+    pub public: bool,
 }
 
 /// Logging. Ticket ids are always logged redacted (prefix and a short hash); cookies, passwords and keys never.
@@ -568,6 +581,9 @@ impl Config {
             if value < 16 {
                 return Err(self.invalid(key, value, "must be at least 16"));
             }
+        }
+        if self.ops.token.as_ref().is_some_and(|t| t.0.len() < 16) {
+            return Err(self.invalid("ops.token", "<hidden>", "must be at least 16 characters"));
         }
         if self.http.max_connections == 0 {
             return Err(self.invalid("http.max_connections", 0, "must be at least 1"));

@@ -16,7 +16,7 @@ use crate::cluster::replication::{Readiness, Replicator, StateTransfer};
 use crate::cluster::{Cluster, Identity};
 use crate::config::{Config, ConfigError, Resolved};
 use crate::http::{HttpLimits, Stops};
-use crate::ops::{self, Ops};
+use crate::ops::{self, Access, Ops};
 use crate::registry::{Maps, TicketRegistry};
 use crate::sweeper::{self, SendsExpiryLogout};
 use crate::ticket::IdGenerator;
@@ -102,7 +102,12 @@ impl Node {
             None => Box::new(|| true),
         };
         let app = Arc::new(build_app(&config, ids, maps, services, users, ready)?);
-        let ops = Ops::new(app.clone(), cluster.as_ref());
+        let access = match (&config.ops.token, config.ops.public || config.is_demo) {
+            (Some(token), _) => Access::Token(token.0.clone()),
+            (None, true) => Access::Anyone,
+            (None, false) => Access::Nobody,
+        };
+        let ops = Ops::new(app.clone(), cluster.as_ref(), access);
         let router = cas::router(app.clone(), ops::router(Arc::new(ops)));
 
         let stops = Stops { graceful: CancellationToken::new(), abort: CancellationToken::new() };

@@ -25,6 +25,33 @@ pub struct Ops {
     /// `None` for a single node.
     pub(crate) cluster: Option<ClusterView>,
     pages: cluster_page::Pages,
+    access: Access,
+}
+
+/// Who may read the endpoints that show the node's insides (`/metrics`, `/cluster`, `/cluster.html`).
+pub enum Access {
+    Anyone,
+    /// `Authorization: Bearer <token>`.
+    Token(String),
+    /// Nobody: they answer 404 (no token configured and not a demo).
+    Nobody,
+}
+
+impl Access {
+    fn allows(&self, headers: &axum::http::HeaderMap) -> bool {
+        let bearer =
+            || headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim);
+        match self {
+            Access::Anyone => true,
+            Access::Token(token) => bearer().is_some_and(|given| same_secret(given, token)),
+            Access::Nobody => false,
+        }
+    }
+}
+
+/// Compares in time independent of where the strings differ (their lengths aside).
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The cluster as the ops endpoints see it.
@@ -41,26 +68,38 @@ impl ClusterView {
 }
 
 impl Ops {
-    pub fn new(cas: Arc<App>, cluster: Option<&Cluster>) -> Self {
+    pub fn new(cas: Arc<App>, cluster: Option<&Cluster>, access: Access) -> Self {
         let pages = cluster_page::Pages::new(&cas.base_path);
         let cluster = cluster.map(|c| ClusterView {
             status: c.status(),
             readiness: c.readiness(),
             replicator: c.replicator().clone(),
         });
-        Self { cas, cluster, pages }
+        Self { cas, cluster, pages, access }
     }
 }
 
 /// The ops routes, relative to the base path.
 pub fn router(ops: Arc<Ops>) -> Router {
-    Router::new()
+    let guarded = Router::new()
         .route("/metrics", get(metrics::metrics))
-        .route("/health", get(health))
-        .route("/ready", get(ready))
         .route("/cluster", get(cluster_page::json))
         .route("/cluster.html", get(cluster_page::html))
-        .with_state(ops)
+        .layer(axum::middleware::from_fn_with_state(ops.clone(), guard));
+    Router::new().route("/health", get(health)).route("/ready", get(ready)).merge(guarded).with_state(ops)
+}
+
+async fn guard(State(ops): State<Arc<Ops>>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if ops.access.allows(request.headers()) {
+        return next.run(request).await;
+    }
+    match ops.access {
+        Access::Nobody => {
+            (StatusCode::NOT_FOUND, "not served here: set ops.token (or ops.public for a demo)\n").into_response()
+        }
+        _ => (StatusCode::UNAUTHORIZED, [(axum::http::header::WWW_AUTHENTICATE, "Bearer")], "ops token required\n")
+            .into_response(),
+    }
 }
 
 /// Liveness: the process serves HTTP.

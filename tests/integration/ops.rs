@@ -103,3 +103,28 @@ async fn json_logs_never_show_tickets_cookies_or_passwords() {
         assert!(!log.contains(secret), "{secret} leaked into the log:\n{log}");
     }
 }
+
+/// Outside the demo, the endpoints that show a node's insides are not served to anyone on the public port: 404
+/// without a token configured, 401 without the right bearer token, 200 with it. Health and readiness stay open.
+#[tokio::test]
+async fn metrics_and_cluster_pages_need_the_ops_token_outside_the_demo() {
+    let closed = start(|c| c.is_demo = false).await;
+    assert_eq!(get(format!("{}/metrics", closed.base_url())).await.0, 404);
+    assert_eq!(get(format!("{}/health", closed.base_url())).await.0, 200);
+    assert_eq!(get(format!("{}/ready", closed.base_url())).await.0, 200);
+    closed.shutdown().await;
+    let token = "an-ops-token-long-enough";
+    let guarded = start(|c| {
+        c.is_demo = false;
+        c.ops.token = Some(casd::config::Secret(token.into()));
+    })
+    .await;
+    let url = format!("{}/metrics", guarded.base_url());
+    assert_eq!(get(url.clone()).await.0, 401);
+    let wrong = http().get(&url).bearer_auth("an-ops-token-long-enougH").send().await.expect("request");
+    assert_eq!(wrong.status().as_u16(), 401);
+    let right = http().get(&url).bearer_auth(token).send().await.expect("request");
+    assert_eq!(right.status().as_u16(), 200);
+    assert!(right.text().await.expect("body").contains("casd_logins_total"));
+    guarded.shutdown().await;
+}
