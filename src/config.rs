@@ -246,6 +246,9 @@ pub struct HttpConfig {
     /// Connections served at once; past it a new one is closed at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections one client address may hold (throttle.trusted_proxies are exempt).
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
     /// A request head must arrive whole within this; a keep-alive connection idle this long is closed.
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
     pub header_timeout: Duration,
@@ -256,6 +259,10 @@ pub struct HttpConfig {
 
 fn default_max_connections() -> usize {
     4096
+}
+
+fn default_max_connections_per_address() -> usize {
+    256
 }
 
 fn default_header_timeout() -> Duration {
@@ -587,6 +594,9 @@ impl Config {
         }
         if self.http.max_connections == 0 {
             return Err(self.invalid("http.max_connections", 0, "must be at least 1"));
+        }
+        if self.http.max_connections_per_address == 0 {
+            return Err(self.invalid("http.max_connections_per_address", 0, "must be at least 1"));
         }
         if self.slo.max_concurrency == 0 {
             return Err(self.invalid("slo.max_concurrency", 0, "must be at least 1"));

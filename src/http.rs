@@ -36,9 +36,13 @@ const RESERVED_FDS: usize = 256;
 const H2_MAX_STREAMS: u32 = 100;
 
 /// How much one client may take of the listener (`[http]` in the config).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct HttpLimits {
     pub max_connections: usize,
+    /// Connections one client address may hold at once, so that one host cannot fill `max_connections` for
+    /// everyone. Trusted proxies (a load balancer speaks for many clients) are exempt.
+    pub max_connections_per_address: usize,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub header_timeout: Duration,
     pub request_timeout: Duration,
 }
@@ -59,6 +63,44 @@ impl HttpLimits {
                 capped
             }
             _ => self.max_connections,
+        }
+    }
+}
+
+/// Connections held per client address, so that one host cannot take them all.
+struct PerAddress {
+    limit: usize,
+    exempt: Vec<ipnet::IpNet>,
+    held: dashmap::DashMap<std::net::IpAddr, usize>,
+}
+
+/// One connection counted against its address; dropping it gives the place back.
+struct Held {
+    table: Arc<PerAddress>,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl PerAddress {
+    fn take(table: &Arc<PerAddress>, ip: std::net::IpAddr) -> Option<Held> {
+        if table.exempt.iter().any(|net| net.contains(&ip)) {
+            return Some(Held { table: table.clone(), ip: None });
+        }
+        let mut count = table.held.entry(ip).or_insert(0);
+        if *count >= table.limit {
+            return None;
+        }
+        *count += 1;
+        Some(Held { table: table.clone(), ip: Some(ip) })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip {
+            self.table.held.remove_if_mut(&ip, |_, count| {
+                *count -= 1;
+                *count == 0
+            });
         }
     }
 }
@@ -90,8 +132,13 @@ pub async fn serve(
 ) {
     let stop = stops.graceful.clone();
     let slots = Arc::new(Semaphore::new(limits.effective_max_connections()));
-    let router =
-        router.layer(axum::middleware::from_fn(move |request, next| within(limits.request_timeout, request, next)));
+    let per_address = Arc::new(PerAddress {
+        limit: limits.max_connections_per_address,
+        exempt: limits.trusted_proxies.clone(),
+        held: dashmap::DashMap::new(),
+    });
+    let request_timeout = limits.request_timeout;
+    let router = router.layer(axum::middleware::from_fn(move |request, next| within(request_timeout, request, next)));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -105,10 +152,15 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(held) = PerAddress::take(&per_address, client.ip()) else {
+            tracing::debug!(%client, "connection refused: http.max_connections_per_address reached");
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%client, "connection refused: http.max_connections reached");
             continue;
         };
+        let slot = (slot, held);
         let _ = stream.set_nodelay(true);
         let app = router.clone().layer(axum::Extension(ConnectInfo::<SocketAddr>(client)));
         let stops = stops.clone();

@@ -114,6 +114,8 @@ impl Node {
         let (tasks, connections, server_down) = (TaskTracker::new(), TaskTracker::new(), CancellationToken::new());
         let limits = HttpLimits {
             max_connections: config.http.max_connections,
+            max_connections_per_address: config.http.max_connections_per_address,
+            trusted_proxies: config.throttle.trusted_proxies.clone(),
             header_timeout: config.http.header_timeout,
             request_timeout: config.http.request_timeout,
         };

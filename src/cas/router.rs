@@ -1,7 +1,7 @@
 //! Every route in one place.
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::HeaderValue;
 use axum::http::StatusCode;
 use axum::http::header::{
@@ -15,12 +15,16 @@ use axum::routing::{get, post};
 
 use super::{AppState, login, logout, proxy, saml, validate};
 
+/// The largest login form body: username, password and service at their [limits] defaults, with room to spare.
+const LOGIN_FORM_BYTES: usize = 64 << 10;
+
 /// The CAS endpoints under `base_path`, with `extra` (the ops endpoints) beside them.
 pub fn router(app: AppState, extra: Router) -> Router {
     let base = app.base_path.clone();
     let cas = Router::new()
         .route("/", get(login::to_login))
-        .route("/login", get(login::form).post(login::submit))
+        // A login form is a few fields within [limits]: a larger body is refused (413) before it is read whole.
+        .route("/login", get(login::form).post(login::submit).layer(DefaultBodyLimit::max(LOGIN_FORM_BYTES)))
         .route("/logout", get(logout::logout).post(logout::logout))
         .route("/validate", get(validate::v1).post(validate::v1))
         .route("/serviceValidate", get(validate::v2_service).post(validate::v2_service))
