@@ -39,7 +39,7 @@ impl DropCounters {
         let counter = match e {
             SealError::BadTag => &self.bad_tag,
             SealError::Replayed { .. } => &self.replayed,
-            SealError::Stale { .. } | SealError::StaleBoot { .. } => &self.stale,
+            SealError::Stale { .. } => &self.stale,
             SealError::Malformed | SealError::WrongPurpose => &self.malformed,
         };
         counter.fetch_add(1, Ordering::Relaxed);

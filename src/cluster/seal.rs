@@ -10,8 +10,9 @@
 //! ```
 //!
 //! The whole header is associated data, so sender, boot and counter cannot be changed without failing the tag. The
-//! receiver drops frames that fail the tag (wrong key, forgery), replays (a sliding window per sender boot), frames
-//! from a boot older than one it has seen, and frames whose send time is too far from its clock (invariant 6).
+//! receiver drops frames that fail the tag (wrong key, forgery), replays (a sliding window per sender boot, kept
+//! while the boot's frames could still arrive), and frames whose send time is too far from its clock (invariant 6).
+//! Boots are told apart by their random id, never ordered by their clocks.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -119,8 +120,6 @@ pub enum SealError {
     BadTag,
     #[error("frame from {sender} replayed (counter {counter})")]
     Replayed { sender: String, counter: u64 },
-    #[error("frame from an earlier boot of {sender}")]
-    StaleBoot { sender: String },
     #[error("frame sent too far from now ({skew_ms} ms)")]
     Stale { skew_ms: u64 },
 }
@@ -215,7 +214,6 @@ struct Header<'a> {
     purpose: Purpose,
     sender: &'a str,
     boot_id: [u8; 16],
-    boot_ms: u64,
     sent_ms: u64,
     counter: u64,
     len: usize,
@@ -238,7 +236,7 @@ fn parse_header(frame: &[u8]) -> Result<Header<'_>, SealError> {
         purpose,
         sender,
         boot_id,
-        boot_ms: u64_at(at + 16)?,
+        // at + 16: the sender's boot time, covered by the tag but never used to order boots.
         sent_ms: u64_at(at + 24)?,
         counter: u64_at(at + 32)?,
         len: at + 40,
@@ -299,6 +297,7 @@ impl ReplayWindow {
 struct PeerBoot {
     cipher: Arc<Cipher>,
     window: ReplayWindow,
+    last_heard: EpochMs,
 }
 
 /// Opens frames of one purpose from any node of the cluster, keeping the replay state. Shared by every connection
@@ -313,16 +312,31 @@ pub struct Opener {
     state: Mutex<OpenerState>,
 }
 
+/// Boots of one sender whose replay windows are kept at once: restarts more frequent than this within a minute
+/// are not a real cluster's.
+const BOOTS_PER_SENDER: usize = 8;
+
+/// Every sender boot that proved it holds the key, with its replay window. Boots are not ordered by their clocks:
+/// a node restarted with its clock stepped back is a new boot like any other (issue 12 saw every frame of such a
+/// node dropped as "from an earlier boot"). A boot's window is kept while its frames could still be replayed: a
+/// frame older than `MAX_CLOCK_SKEW_MS` is refused anyway, so a boot silent for twice that is forgotten.
 #[derive(Default)]
 struct OpenerState {
-    /// Only senders that proved they hold the key have an entry.
     boots: HashMap<(String, [u8; 16]), PeerBoot>,
-    latest_boot_ms: HashMap<String, u64>,
 }
 
 impl OpenerState {
-    fn is_stale_boot(&self, sender: &str, boot_ms: u64) -> bool {
-        self.latest_boot_ms.get(sender).is_some_and(|latest| boot_ms < *latest)
+    /// Room for a new boot of `sender`: forget its boots silent long enough, then the least recently heard.
+    fn make_room(&mut self, sender: &str, now: EpochMs) {
+        self.boots.retain(|(s, _), b| s != sender || now.saturating_sub(b.last_heard) < 2 * MAX_CLOCK_SKEW_MS);
+        let mut of_sender: Vec<([u8; 16], EpochMs)> =
+            self.boots.iter().filter(|((s, _), _)| s == sender).map(|((_, id), b)| (*id, b.last_heard)).collect();
+        if of_sender.len() >= BOOTS_PER_SENDER {
+            of_sender.sort_by_key(|(_, heard)| *heard);
+            for (id, _) in &of_sender[..=of_sender.len() - BOOTS_PER_SENDER] {
+                self.boots.remove(&(sender.to_owned(), *id));
+            }
+        }
     }
 }
 
@@ -358,13 +372,7 @@ impl Opener {
             return Err(SealError::Stale { skew_ms });
         }
         let id = (h.sender.to_owned(), h.boot_id);
-        let known = {
-            let state = self.state();
-            if state.is_stale_boot(h.sender, h.boot_ms) {
-                return Err(SealError::StaleBoot { sender: h.sender.to_owned() });
-            }
-            state.boots.get(&id).map(|b| b.cipher.clone())
-        };
+        let known = self.state().boots.get(&id).map(|b| b.cipher.clone());
         let cipher =
             known.unwrap_or_else(|| Arc::new(derive(&self.key, &self.cluster_id, self.purpose, h.sender, &h.boot_id)));
         let aad = [&frame[..h.len], self.recipient.as_bytes()].concat();
@@ -373,21 +381,20 @@ impl Opener {
             cipher.open_in_place(nonce(h.counter), Aad::from(&aad), &mut payload).map_err(|_| SealError::BadTag)?.len();
         payload.truncate(len);
         let mut state = self.state();
-        if state.is_stale_boot(h.sender, h.boot_ms) {
-            return Err(SealError::StaleBoot { sender: h.sender.to_owned() });
+        if !state.boots.contains_key(&id) {
+            state.make_room(h.sender, now);
         }
         // The window moves only after the tag checked out, so forged counters cannot poison it.
-        let boot = state.boots.entry(id).or_insert_with(|| PeerBoot { cipher, window: ReplayWindow::default() });
+        let boot = state.boots.entry(id).or_insert_with(|| PeerBoot {
+            cipher,
+            window: ReplayWindow::default(),
+            last_heard: now,
+        });
         if !boot.window.accept(h.counter) {
             return Err(SealError::Replayed { sender: h.sender.to_owned(), counter: h.counter });
         }
-        let sender = h.sender.to_owned();
-        if state.latest_boot_ms.get(&sender).is_none_or(|latest| h.boot_ms > *latest) {
-            state.latest_boot_ms.insert(sender.clone(), h.boot_ms);
-            let current = h.boot_id;
-            state.boots.retain(|(s, b), _| s != &sender || *b == current);
-        }
-        Ok(Opened { sender, payload })
+        boot.last_heard = now;
+        Ok(Opened { sender: h.sender.to_owned(), payload })
     }
 }
 
@@ -468,15 +475,31 @@ mod tests {
         }
     }
 
+    /// A node restarted with its clock stepped back is a new boot like any other, and its frames are opened; a
+    /// replay of either boot's frames is still refused, and so is a frame sent too far from now.
     #[test]
-    fn frames_of_an_earlier_boot_and_stale_frames_are_refused() {
-        let (key, old, o) = pair();
-        let new = Sealer::new(&key, "c1", "node1", NOW);
-        let old_frame = old.seal(Purpose::Gossip, b"", NOW);
-        o.open(&new.seal(Purpose::Gossip, b"", NOW), NOW).expect("new boot");
-        assert_eq!(o.open(&old_frame, NOW), Err(SealError::StaleBoot { sender: "node1".into() }));
-        let late = new.seal(Purpose::Gossip, b"", NOW - MAX_CLOCK_SKEW_MS - 1);
+    fn a_boot_with_an_earlier_clock_is_heard_and_replays_of_any_boot_are_not() {
+        let (key, first, o) = pair();
+        let stepped_back = Sealer::new(&key, "c1", "node1", NOW - 20_000);
+        let before = first.seal(Purpose::Gossip, b"a", NOW);
+        o.open(&before, NOW).expect("first boot");
+        let after = stepped_back.seal(Purpose::Gossip, b"b", NOW - 20_000);
+        assert_eq!(o.open(&after, NOW).map(|f| f.payload), Ok(b"b".to_vec()), "the restarted node is heard");
+        assert!(matches!(o.open(&after, NOW), Err(SealError::Replayed { .. })));
+        assert!(matches!(o.open(&before, NOW), Err(SealError::Replayed { .. })), "the first boot's window is kept");
+        let late = stepped_back.seal(Purpose::Gossip, b"", NOW - MAX_CLOCK_SKEW_MS - 1);
         assert!(matches!(o.open(&late, NOW), Err(SealError::Stale { .. })));
+    }
+
+    /// Boots are kept per sender up to a bound, so restarts cannot grow an opener without limit.
+    #[test]
+    fn boots_per_sender_are_bounded() {
+        let (key, _, o) = pair();
+        for i in 0..50 {
+            let boot = Sealer::new(&key, "c1", "node1", NOW + i);
+            o.open(&boot.seal(Purpose::Gossip, b"", NOW), NOW + i).expect("each boot");
+        }
+        assert!(o.state().boots.len() <= BOOTS_PER_SENDER, "{}", o.state().boots.len());
     }
 
     #[test]
