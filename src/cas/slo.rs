@@ -3,11 +3,16 @@
 //!
 //! Fire and forget: sent from spawned tasks with a bound on requests in flight and a timeout each, so a slow
 //! service never delays `/logout`. Failures are logged and counted, never retried (SLO is a notification).
+//!
+//! Fair: one logout has at most `PER_LOGOUT` requests in flight, and one destination (host and port) at most
+//! `PER_DESTINATION`, so a session with hundreds of hanging services, or one dead application, cannot hold the
+//! shared slots while other users' logouts wait (a FIFO of 32 once delayed another user's notice by 40 s).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use dashmap::DashMap;
 use rand::Rng;
 use tokio::sync::Semaphore;
 
@@ -15,10 +20,17 @@ use super::render::xml_escape;
 use super::services::ServiceRegistry;
 use crate::ticket::Tgt;
 
+/// Requests one logout may have in flight at once.
+const PER_LOGOUT: usize = 4;
+/// Requests one destination host may have in flight at once.
+const PER_DESTINATION: usize = 4;
+
 pub struct SloSender {
     enabled: bool,
     client: reqwest::Client,
     in_flight: Arc<Semaphore>,
+    /// Per destination host; an entry lives while some request for that host holds or waits for it.
+    destinations: DashMap<String, Arc<Semaphore>>,
     sent: AtomicU64,
     failed: AtomicU64,
 }
@@ -37,6 +49,7 @@ impl SloSender {
             enabled,
             client,
             in_flight: Arc::new(Semaphore::new(max_concurrency)),
+            destinations: DashMap::new(),
             sent: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         })
@@ -51,12 +64,17 @@ impl SloSender {
         if !self.enabled {
             return;
         }
+        let logout = Arc::new(Semaphore::new(PER_LOGOUT));
         for (service, grant) in &tgt.services {
             if !services.find(service).is_some_and(|s| s.slo) {
                 continue;
             }
             let (this, service, body) = (self.clone(), service.clone(), form_body(&grant.ticket));
+            let logout = logout.clone();
             tokio::spawn(async move {
+                let Ok(_mine) = logout.acquire_owned().await else { return };
+                let destination = this.destination(&service);
+                let Ok(_host) = destination.clone().acquire_owned().await else { return };
                 let Ok(_permit) = this.in_flight.clone().acquire_owned().await else { return };
                 let result = this
                     .client
@@ -75,8 +93,31 @@ impl SloSender {
                         tracing::warn!(%service, error = %e, "single logout not delivered");
                     }
                 }
+                drop(_host);
+                this.release(&service, destination);
             });
         }
+    }
+
+    /// The destination: host and port (two applications on one host are two destinations).
+    fn host(service: &str) -> String {
+        url::Url::parse(service)
+            .ok()
+            .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+            .unwrap_or_default()
+    }
+
+    fn destination(&self, service: &str) -> Arc<Semaphore> {
+        self.destinations
+            .entry(Self::host(service))
+            .or_insert_with(|| Arc::new(Semaphore::new(PER_DESTINATION)))
+            .clone()
+    }
+
+    /// Forgets a destination nobody else holds or waits for, so the table stays as small as the hosts in use.
+    fn release(&self, service: &str, destination: Arc<Semaphore>) {
+        drop(destination);
+        self.destinations.remove_if(&Self::host(service), |_, s| Arc::strong_count(s) == 1);
     }
 }
 

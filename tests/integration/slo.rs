@@ -114,3 +114,38 @@ async fn concurrent_grants_all_get_single_logout() {
     }
     node.shutdown().await;
 }
+
+/// One session whose many services all hang does not hold back another user's logout notice: each logout and
+/// each destination host gets a few of the shared slots, not all of them.
+#[tokio::test]
+async fn a_session_of_hanging_services_does_not_delay_another_users_logout() {
+    // Accepts connections and never answers.
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let hang_port = hanging.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hanging.accept().await {
+            held.push(s);
+        }
+    });
+    let app = AppServer::start().await;
+    let node = start(|c| {
+        c.slo.timeout = Duration::from_secs(3);
+        c.slo.max_concurrency = 8;
+    })
+    .await;
+    let mut stuck = Browser::new(&node);
+    stuck.login(&format!("http://127.0.0.1:{hang_port}/app/0")).await;
+    for i in 1..24 {
+        stuck.sso(&format!("http://127.0.0.1:{hang_port}/app/{i}")).await;
+    }
+    let mut other = Browser::new(&node);
+    other.login(&app.url).await;
+    assert_eq!(stuck.get("/logout").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let asked = std::time::Instant::now();
+    assert_eq!(other.get("/logout").await.status, 200);
+    wait_until(Duration::from_secs(10), "the other user's logout notice", || async { app.bodies().len() == 1 }).await;
+    assert!(asked.elapsed() < Duration::from_secs(2), "it waited {:?} behind the hanging ones", asked.elapsed());
+    node.shutdown().await;
+}
