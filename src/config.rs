@@ -589,6 +589,9 @@ impl Config {
                 return Err(self.invalid(key, value, "must be at least 16"));
             }
         }
+        if self.limits.max_sessions_per_user == 0 {
+            return Err(self.invalid("limits.max_sessions_per_user", 0, "must be at least 1"));
+        }
         if self.ops.token.as_ref().is_some_and(|t| t.0.len() < 16) {
             return Err(self.invalid("ops.token", "<hidden>", "must be at least 16 characters"));
         }

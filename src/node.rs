@@ -161,7 +161,12 @@ fn build_app(
     users: Vec<crate::auth::UserRecord>,
     ready: Box<dyn Fn() -> bool + Send + Sync>,
 ) -> Result<App, StartError> {
-    let registry = Arc::new(TicketRegistry::new(ids, config.tickets.policy(), maps));
+    let registry = Arc::new(TicketRegistry::with_session_cap(
+        ids,
+        config.tickets.policy(),
+        maps,
+        config.limits.max_sessions_per_user,
+    ));
     let slo = SloSender::new(config.slo.enabled, config.slo.timeout, config.slo.max_concurrency)
         .map_err(|e| StartError::Slo(e.to_string()))?;
     Ok(App {

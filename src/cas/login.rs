@@ -194,10 +194,14 @@ pub async fn submit(
         Err(e) => return busy(&app, &e),
     };
     app.throttle.record_success(username, addr);
+    let user = principal.id.clone();
     let tgt = match app.registry.issue_tgt(principal, now).await {
         Ok(tgt) => tgt,
         Err(e) => return unavailable(&app, &e),
     };
+    for ended in app.registry.cap_sessions(&user, &tgt, now).await {
+        app.slo.notify(&app.services, &ended);
+    }
     tracing::info!(tgt = %tgt.redacted(), "login succeeded");
     app.metrics.logins_ok.fetch_add(1, Ordering::Relaxed);
     app.metrics.issued(TicketKind::Tgt);

@@ -62,11 +62,18 @@ pub struct Limits {
     pub max_username_bytes: usize,
     /// A longer password is refused at login without a password check.
     pub max_password_bytes: usize,
+    /// SSO sessions one user may hold opened on one node; a new login past it ends the user's oldest session.
+    pub max_sessions_per_user: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_service_url_bytes: 4096, max_username_bytes: 256, max_password_bytes: 1024 }
+        Self {
+            max_service_url_bytes: 4096,
+            max_username_bytes: 256,
+            max_password_bytes: 1024,
+            max_sessions_per_user: 64,
+        }
     }
 }
 

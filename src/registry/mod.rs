@@ -89,6 +89,9 @@ pub struct TicketRegistry {
     ids: IdGenerator,
     policy: ExpiryPolicy,
     maps: Maps,
+    /// The sessions this node opened per user, oldest first, for the per-user cap.
+    sessions_by_user: dashmap::DashMap<String, std::collections::VecDeque<(TicketId, EpochMs)>>,
+    max_sessions_per_user: usize,
 }
 
 /// A consumed service or proxy ticket with the TGT it was granted under.
@@ -101,7 +104,33 @@ pub struct Consumed {
 
 impl TicketRegistry {
     pub fn new(ids: IdGenerator, policy: ExpiryPolicy, maps: Maps) -> Self {
-        Self { ids, policy, maps }
+        Self::with_session_cap(ids, policy, maps, usize::MAX)
+    }
+
+    /// A registry that keeps at most `max_sessions_per_user` SSO sessions per user opened on this node.
+    pub fn with_session_cap(ids: IdGenerator, policy: ExpiryPolicy, maps: Maps, max_sessions_per_user: usize) -> Self {
+        Self { ids, policy, maps, sessions_by_user: Default::default(), max_sessions_per_user }
+    }
+
+    /// Records `tgt` as `user`'s newest session and ends the oldest ones past the per-user cap (one account cannot
+    /// fill the maps with sessions: issue 12 saw 1,055 in 20 s). Returns the ended sessions, for single logout.
+    pub async fn cap_sessions(&self, user: &str, tgt: &TicketId, now: EpochMs) -> Vec<Arc<Tgt>> {
+        let max_age = self.policy.tgt_max_lifetime.as_millis() as u64;
+        let evict: Vec<TicketId> = {
+            let mut sessions = self.sessions_by_user.entry(user.to_owned()).or_default();
+            sessions.retain(|(_, created)| now.saturating_sub(*created) < max_age);
+            sessions.push_back((tgt.clone(), now));
+            let over = sessions.len().saturating_sub(self.max_sessions_per_user);
+            sessions.drain(..over).map(|(id, _)| id).collect()
+        };
+        let mut ended = Vec::new();
+        for id in evict {
+            if let Ok(Some(old)) = self.destroy_tgt(id.as_str()).await {
+                tracing::info!(tgt = %id.redacted(), "oldest session of a user ended: per-user session cap");
+                ended.push(old);
+            }
+        }
+        ended
     }
 
     pub fn policy(&self) -> &ExpiryPolicy {
@@ -252,6 +281,11 @@ impl TicketRegistry {
 
     /// Removes every expired ticket and every PGT whose TGT is gone; returns the expired TGTs for single logout.
     pub async fn sweep(&self, now: EpochMs) -> Vec<(TicketId, Arc<Tgt>)> {
+        let max_age = self.policy.tgt_max_lifetime.as_millis() as u64;
+        self.sessions_by_user.retain(|_, sessions| {
+            sessions.retain(|(_, created)| now.saturating_sub(*created) < max_age);
+            !sessions.is_empty()
+        });
         let policy = &self.policy;
         self.maps.st.sweep(policy, now).await;
         self.maps.pt.sweep(policy, now).await;

@@ -261,3 +261,25 @@ async fn throttling_follows_the_forwarded_client_behind_a_trusted_proxy() {
     assert_eq!(attempt("d", "guess", "203.0.113.99").await, 429, "six failures over usernames stop the address");
     node.shutdown().await;
 }
+
+/// One account cannot pile up sessions: past limits.max_sessions_per_user a new login ends the user's oldest
+/// session (its cookie gives no SSO any more, and its services get their single logout).
+#[tokio::test]
+async fn a_login_past_the_session_cap_ends_the_oldest_session() {
+    let app = AppServer::start().await;
+    let node = start(|c| c.limits.max_sessions_per_user = 3).await;
+    let mut browsers = Vec::new();
+    for _ in 0..4 {
+        let mut b = Browser::new(&node);
+        b.login(&app.url).await;
+        browsers.push(b);
+    }
+    assert_eq!(node.registry().sizes()[0].1, 3, "three sessions left");
+    let oldest = browsers[0].get(&format!("/login?service={}", enc(&app.url))).await;
+    assert_eq!(oldest.status, 200, "the oldest cookie shows the form: its session ended");
+    for b in &mut browsers[1..] {
+        assert_eq!(b.get(&format!("/login?service={}", enc(&app.url))).await.status, 302, "the newer ones keep SSO");
+    }
+    wait_until(Duration::from_secs(5), "the ended session's single logout", || async { app.bodies().len() == 1 }).await;
+    node.shutdown().await;
+}
