@@ -22,13 +22,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accept::next_connection;
 use crate::tls::TlsReloader;
 
 /// A client that has not finished its handshake by then is dropped, so slow clients cannot hold connections.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// After a failed accept (out of file descriptors, most likely), wait this long: retrying at once spins a core
-/// while nothing can be accepted anyway.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// File descriptors kept free of HTTP connections: replication links, SLO and proxy callbacks, the listeners.
 const RESERVED_FDS: usize = 256;
@@ -139,19 +137,7 @@ pub async fn serve(
     });
     let request_timeout = limits.request_timeout;
     let router = router.layer(axum::middleware::from_fn(move |request, next| within(request_timeout, request, next)));
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.cancelled() => return,
-        };
-        let (stream, client) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed; backing off");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
+    while let Some((stream, client)) = next_connection(&listener, &stop, "http").await {
         let Some(held) = PerAddress::take(&per_address, client.ip()) else {
             tracing::debug!(%client, "connection refused: http.max_connections_per_address reached");
             continue;
@@ -161,7 +147,6 @@ pub async fn serve(
             continue;
         };
         let slot = (slot, held);
-        let _ = stream.set_nodelay(true);
         let app = router.clone().layer(axum::Extension(ConnectInfo::<SocketAddr>(client)));
         let stops = stops.clone();
         let header_timeout = limits.header_timeout;

@@ -14,8 +14,9 @@
 //! - [`cluster`]: gossip membership, multicast discovery, sealing, and replication between nodes; knows bytes,
 //!   members and maps, never CAS.
 //! - [`ticket`]: ticket ids, what each kind holds, expiration policies. Pure.
-//! - [`clock`]: the wall clock, at the bottom.
+//! - [`clock`] and [`accept`]: the wall clock and the accept loop shared by every listener, at the bottom.
 
+pub mod accept;
 pub mod auth;
 pub mod cas;
 pub mod clock;

@@ -19,6 +19,7 @@ use super::Replicator;
 use super::wire::{
     self, FrameError, Reply, ReplyEnvelope, Request, RequestEnvelope, append_frame, read_frame, write_batch,
 };
+use crate::accept::next_connection;
 use crate::clock::now_ms;
 use crate::cluster::seal::Purpose;
 
@@ -33,31 +34,16 @@ const FIRST_FRAME_BYTES: usize = 4 << 10;
 const REQUEST_BYTES: usize = 4 << 20;
 const FIRST_FRAME_WITHIN: Duration = Duration::from_secs(5);
 const FRAME_WITHIN: Duration = Duration::from_secs(10);
-/// After a failed accept (out of file descriptors, most likely), wait this long rather than spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 impl Replicator {
     /// Answers the peers' requests until the node stops.
     pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener) {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = self.stop.cancelled() => return,
-            };
-            let (stream, from) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "replication accept failed; backing off");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            };
+        while let Some((stream, from)) = next_connection(&listener, &self.stop, "replication").await {
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 tracing::warn!(%from, "replication connection refused: too many open");
                 continue;
             };
-            let _ = stream.set_nodelay(true);
             let this = self.clone();
             self.tasks.spawn(async move {
                 this.serve_connection(stream, from).await;
