@@ -54,37 +54,59 @@ pub fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP casd_{name} {help}\n# TYPE casd_{name} {kind}");
 }
 
+/// A family whose samples differ by one label: `casd_<name>{<label>="<value>"} <n>` for each pair.
+pub fn labelled<V: std::fmt::Display, N: std::fmt::Display>(
+    out: &mut String,
+    (name, kind, help): (&str, &str, &str),
+    label: &str,
+    samples: impl IntoIterator<Item = (V, N)>,
+) {
+    family(out, name, kind, help);
+    for (value, n) in samples {
+        let _ = writeln!(out, "casd_{name}{{{label}=\"{value}\"}} {n}");
+    }
+}
+
 /// Renders the protocol layer's metrics: logins, tickets, single logout.
 pub fn render(app: &App, out: &mut String) {
     let m = &app.metrics;
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    family(out, "logins_total", "counter", "Login attempts by outcome.");
-    for (outcome, c) in [("ok", &m.logins_ok), ("failed", &m.logins_failed), ("throttled", &m.logins_throttled)] {
-        let _ = writeln!(out, "casd_logins_total{{outcome=\"{outcome}\"}} {}", get(c));
-    }
-    family(out, "tickets_issued_total", "counter", "Tickets issued by this node, by kind.");
-    for (i, kind) in TicketKind::ALL.iter().enumerate() {
-        let _ = writeln!(out, "casd_tickets_issued_total{{kind=\"{}\"}} {}", kind.prefix(), get(&m.issued[i]));
-    }
-    family(out, "tickets_validated_total", "counter", "Successful validations, by ticket kind.");
-    for kind in [TicketKind::St, TicketKind::Pt] {
-        let _ = writeln!(
-            out,
-            "casd_tickets_validated_total{{kind=\"{}\"}} {}",
-            kind.prefix(),
-            get(&m.validated[kind_index(kind)])
-        );
-    }
-    family(out, "tickets_rejected_total", "counter", "Protocol refusals, by CAS error code.");
-    for (i, code) in CODES.iter().enumerate() {
-        let _ = writeln!(out, "casd_tickets_rejected_total{{code=\"{}\"}} {}", code.as_str(), get(&m.rejected[i]));
-    }
-    family(out, "tickets_live", "gauge", "Tickets held in each map (expired ones not yet swept included).");
-    for (kind, n) in app.registry.sizes() {
-        let _ = writeln!(out, "casd_tickets_live{{map=\"{}\"}} {n}", kind.prefix());
-    }
+    let logins = [("ok", &m.logins_ok), ("failed", &m.logins_failed), ("throttled", &m.logins_throttled)];
+    labelled(
+        out,
+        ("logins_total", "counter", "Login attempts by outcome."),
+        "outcome",
+        logins.map(|(o, c)| (o, get(c))),
+    );
+    labelled(
+        out,
+        ("tickets_issued_total", "counter", "Tickets issued by this node, by kind."),
+        "kind",
+        TicketKind::ALL.iter().enumerate().map(|(i, kind)| (kind.prefix(), get(&m.issued[i]))),
+    );
+    labelled(
+        out,
+        ("tickets_validated_total", "counter", "Successful validations, by ticket kind."),
+        "kind",
+        [TicketKind::St, TicketKind::Pt].map(|kind| (kind.prefix(), get(&m.validated[kind_index(kind)]))),
+    );
+    labelled(
+        out,
+        ("tickets_rejected_total", "counter", "Protocol refusals, by CAS error code."),
+        "code",
+        CODES.iter().enumerate().map(|(i, code)| (code.as_str(), get(&m.rejected[i]))),
+    );
+    labelled(
+        out,
+        ("tickets_live", "gauge", "Tickets held in each map (expired ones not yet swept included)."),
+        "map",
+        app.registry.sizes().map(|(kind, n)| (kind.prefix(), n as u64)),
+    );
     let slo = app.slo.counts();
-    family(out, "slo_requests_total", "counter", "Back-channel single-logout requests, by outcome.");
-    let _ = writeln!(out, "casd_slo_requests_total{{outcome=\"sent\"}} {}", slo.sent);
-    let _ = writeln!(out, "casd_slo_requests_total{{outcome=\"failed\"}} {}", slo.failed);
+    labelled(
+        out,
+        ("slo_requests_total", "counter", "Back-channel single-logout requests, by outcome."),
+        "outcome",
+        [("sent", slo.sent), ("failed", slo.failed)],
+    );
 }
