@@ -164,6 +164,7 @@ impl Cluster {
             replicator.register(id, replica);
         }
         tasks.spawn(replicator.clone().serve(listener));
+        tasks.spawn(replicator.clone().tend_links());
         let when = AntiEntropy {
             join_timeout: settings.join_timeout,
             finds_peers: !settings.seeds.is_empty() || settings.multicast.enabled,

@@ -69,7 +69,7 @@ impl Replicator {
     pub async fn pull_all(self: &Arc<Self>, peer: &MemberInfo) -> Result<u64, ReplicaError> {
         let mut pulled = 0;
         for map in MapId::ALL {
-            let Some(target) = self.map(map) else { continue };
+            let Some(target) = self.map(map).filter(|m| m.pulled()) else { continue };
             let theirs = match self.request(peer, Request::Digest { map }, PULL_TIMEOUT).await? {
                 Reply::Digest(theirs) => theirs,
                 other => return Err(refused(peer, other)),

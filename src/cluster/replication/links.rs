@@ -34,8 +34,10 @@ impl Replicator {
         timeout: Duration,
     ) -> Result<Reply, ReplicaError> {
         let down = || ReplicaError::LinkDown { node: peer.node.clone() };
+        let mut used = None;
         let exchange = async {
             let link = self.link(peer).await.ok_or_else(down)?;
+            used = Some(link.clone());
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let payload = postcard::to_allocvec(&RequestEnvelope { id, body }).expect("requests always serialise");
             let mut framed = Vec::new();
@@ -43,9 +45,47 @@ impl Replicator {
                 .map_err(|_| down())?;
             link.call(id, &framed).await.map_err(|_| down())
         };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .unwrap_or_else(|_| Err(ReplicaError::Timeout { node: peer.node.clone() }))
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => {
+                // No reply in time: the path may be dead (a cut), and a request on this connection would wait for
+                // TCP's backed-off retransmissions even after the heal. The next request dials afresh.
+                if let Some(link) = used {
+                    tracing::debug!(peer = %peer.node, "no reply in time; closing the link");
+                    link.close();
+                }
+                Err(ReplicaError::Timeout { node: peer.node.clone() })
+            }
+        }
+    }
+
+    /// Closes each peer's link as it leaves the live view, until the node stops.
+    pub(crate) async fn tend_links(self: Arc<Self>) {
+        let mut status = self.status.clone();
+        loop {
+            tokio::select! {
+                changed = status.changed() => if changed.is_err() { return },
+                _ = self.stop.cancelled() => return,
+            }
+            self.close_links_to_absent();
+        }
+    }
+
+    /// Closes the links to peers that are no longer in the live view (cut off, dead, gone): when they come back,
+    /// their first request dials a new connection instead of waiting on one whose path died (see `path`).
+    fn close_links_to_absent(&self) {
+        let live = self.status.borrow().live();
+        let Ok(mut links) = self.links.lock() else { return };
+        links.retain(|node, slot| {
+            let present = live.get(node).is_some_and(|m| m.generation == slot.generation);
+            if !present {
+                if let Some(link) = slot.link.get() {
+                    tracing::debug!(peer = %node, "peer left the live view; closing its link");
+                    link.close();
+                }
+            }
+            present
+        });
     }
 
     /// The open link to `peer`, dialling a new one when there is none, it broke, or the peer restarted. Callers
@@ -90,6 +130,7 @@ impl Replicator {
             }
             reply.ok()
         });
+        super::path::watch_path(&stream);
         let link = Link::start(stream, open, self.stop.clone());
         // The server takes only small frames until one has opened: say hello before the first write.
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

@@ -2,6 +2,7 @@
 //! - [`replica`]: the seam the registry's maps see (map ids, entries, the two traits);
 //! - [`wire`]: requests, replies and their framing;
 //! - `link` (one outgoing connection) and `links` (one per peer, dialled on demand, sealed requests);
+//! - `path`: noticing a dead path, so that a link is redialled at a heal instead of waiting on retransmissions;
 //! - `write`: synchronous writes, forwarded consumes, who owns a ticket;
 //! - `server`: answering the peers' requests;
 //! - [`anti_entropy`]: digest-driven pulls for state transfer, repair and periodic anti-entropy;
@@ -14,6 +15,7 @@ pub mod anti_entropy;
 pub mod digest;
 mod link;
 mod links;
+mod path;
 pub mod replica;
 mod server;
 pub mod wire;

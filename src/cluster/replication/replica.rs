@@ -77,6 +77,10 @@ pub trait MapReplica: Send + Sync {
     /// The entries in the given buckets, tombstones included, in id order, starting after id `after`, until about
     /// `max_bytes` (at least one entry); `true` with them when more remain.
     fn entries_in(&self, buckets: &[u16], after: Option<&str>, max_bytes: usize) -> (Vec<Entry>, bool);
+    /// Whether pulls (state transfer, repair, anti-entropy) fetch this map. Only a map whose copies a peer reads
+    /// needs them: a one-time ticket is decided by its issuer alone, so pulling the tickets a peer issued while cut
+    /// off would only spend, at the heal, the CPU the cluster needs to serve.
+    fn pulled(&self) -> bool;
 }
 
 /// Who decides about a one-time ticket.

@@ -44,6 +44,7 @@ impl Replicator {
                 tracing::warn!(%from, "replication connection refused: too many open");
                 continue;
             };
+            super::path::watch_path(&stream);
             let this = self.clone();
             self.tasks.spawn(async move {
                 this.serve_connection(stream, from).await;
