@@ -147,6 +147,11 @@ pub struct ClusterConfig {
     /// Copies (this node's included) a new SSO session must reach, or the login answers 503.
     #[serde(default = "default_min_copies")]
     pub min_copies: usize,
+    /// Nodes (this one included) that must hold a logout before it is confirmed to the user; short of it, the
+    /// logout page says so (202) and the node keeps sending the logout to the peers that missed it. Default: a
+    /// majority of `expected_size`.
+    #[serde(default)]
+    pub logout_quorum: Option<usize>,
     /// How long a starting node waits to see a ready peer to copy the maps from; with none, it starts empty.
     #[serde(default = "default_join_timeout", with = "humantime_serde")]
     pub join_timeout: Duration,
@@ -157,6 +162,11 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// `logout_quorum`, or its default: a majority of the configured size.
+    pub fn logout_quorum(&self) -> usize {
+        self.logout_quorum.unwrap_or(self.expected_size / 2 + 1)
+    }
+
     /// A cluster section with the documented defaults, exactly as a file giving only these four keys would read:
     /// the defaults live in the serde attributes above and nowhere else.
     pub fn new(id: &str, gossip_addr: SocketAddr, replication_addr: SocketAddr, key: &ClusterKey) -> Self {
@@ -664,6 +674,9 @@ impl Config {
                 "must be between 1 and cluster.expected_size",
             ));
         }
+        if let Some(q) = c.logout_quorum.filter(|&q| q == 0 || q > c.expected_size.max(1)) {
+            return Err(self.invalid("cluster.logout_quorum", q, "must be between 1 and cluster.expected_size"));
+        }
         if c.expected_size == 0 {
             return Err(self.invalid("cluster.expected_size", 0, "must be at least 1"));
         }
@@ -768,6 +781,26 @@ mod tests {
         assert!(!format!("{:?}", c.config).contains(&key), "the key never shows in Debug");
         let e = resolve(with(&format!("key = \"{key}\"\n")).replace("127.0.0.1:7001", "0.0.0.0:7001"));
         assert!(e.err().expect("refused").to_string().contains("gossip_advertise"));
+    }
+
+    /// The logout quorum defaults to a majority of the configured size, and a quorum no cluster can reach is refused.
+    #[test]
+    fn logout_quorum_defaults_to_a_majority_and_is_bounded() {
+        let key = ClusterKey::generate().to_base64();
+        let with = |extra: &str| {
+            format!(
+                "{EMBEDDED_DEFAULT}\n[cluster]\nid = \"c\"\ngossip_addr = \"127.0.0.1:7001\"\nreplication_addr = \"127.0.0.1:7101\"\nkey = \"{key}\"\n{extra}"
+            )
+        };
+        let resolve = |text: String| Config::parse(&text, "q.toml").and_then(Config::resolve);
+        for (size, majority) in [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3)] {
+            let c = resolve(with(&format!("expected_size = {size}\n"))).expect("valid");
+            assert_eq!(c.config.cluster.expect("clustered").logout_quorum(), majority, "size {size}");
+        }
+        let c = resolve(with("expected_size = 3\nlogout_quorum = 3\n")).expect("valid");
+        assert_eq!(c.config.cluster.expect("clustered").logout_quorum(), 3);
+        let e = resolve(with("expected_size = 3\nlogout_quorum = 4\n")).err().expect("refused").to_string();
+        assert_eq!(e, "q.toml: cluster.logout_quorum: must be between 1 and cluster.expected_size (got \"4\")");
     }
 
     #[test]

@@ -161,12 +161,11 @@ fn build_app(
     users: Vec<crate::auth::UserRecord>,
     ready: Box<dyn Fn() -> bool + Send + Sync>,
 ) -> Result<App, StartError> {
-    let registry = Arc::new(TicketRegistry::with_session_cap(
-        ids,
-        config.tickets.policy(),
-        maps,
-        config.limits.max_sessions_per_user,
-    ));
+    let logout_quorum = config.cluster.as_ref().map_or(1, |c| c.logout_quorum());
+    let registry = Arc::new(
+        TicketRegistry::with_session_cap(ids, config.tickets.policy(), maps, config.limits.max_sessions_per_user)
+            .with_logout_quorum(logout_quorum),
+    );
     let slo = SloSender::new(config.slo.enabled, config.slo.timeout, config.slo.max_concurrency)
         .map_err(|e| StartError::Slo(e.to_string()))?;
     Ok(App {

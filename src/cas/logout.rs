@@ -1,5 +1,7 @@
 //! `/logout` (CAS 3.0 §2.3): ends the SSO session, clears the cookie, starts single logout, and redirects only to a
-//! registered service.
+//! registered service. A logout that the logout quorum (`cluster.logout_quorum`, a majority by default) did not
+//! confirm answers 202 with a page that says so: the cookie is cleared all the same, and the node keeps telling the
+//! peers that missed it (issue 13: a logout acknowledged by a cut-off node was undone at the heal).
 
 use axum::extract::State;
 use axum::http::header::SET_COOKIE;
@@ -12,13 +14,16 @@ use super::{AppState, found};
 
 #[tracing::instrument(skip_all)]
 pub async fn logout(State(app): State<AppState>, headers: HeaderMap, Query(p): Query) -> Response {
+    let mut confirmed = true;
     if let Some(value) = app.cookie.read(&headers) {
-        match app.registry.destroy_tgt(&value).await {
-            Ok(Some(tgt)) => {
-                tracing::info!(services = tgt.services.len(), "sso session ended");
-                app.slo.notify(&app.services, &tgt);
+        match app.registry.logout(&value).await {
+            Ok(logout) => {
+                if let Some(tgt) = &logout.tgt {
+                    tracing::info!(services = tgt.services.len(), confirmed = logout.confirmed, "sso session ended");
+                    app.slo.notify(&app.services, tgt);
+                }
+                confirmed = logout.confirmed;
             }
-            Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "logout could not reach the registry");
                 return app.pages.message(
@@ -33,8 +38,21 @@ pub async fn logout(State(app): State<AppState>, headers: HeaderMap, Query(p): Q
     }
     let registered = |key| p.get(key).filter(|s| app.services.find(s).is_some());
     let mut response = match registered("service") {
-        Some(service) => found(service),
-        None => app.pages.message(
+        // Not confirmed: the user is told rather than sent on as if it were done.
+        Some(service) if confirmed => found(service),
+        _ if !confirmed => {
+            tracing::warn!("logout not confirmed by the logout quorum; the peers that missed it are retried");
+            app.pages.message(
+                StatusCode::ACCEPTED,
+                "Logout not yet confirmed everywhere",
+                "You are logged out here and your browser's session cookie is cleared, but not every server of the \
+                 single sign-on service has confirmed it yet; they are being told again. For security, close your \
+                 browser.",
+                Tone::Error,
+                registered("service").or(registered("url")).map(|u| (u, "Back to the application")),
+            )
+        }
+        _ => app.pages.message(
             StatusCode::OK,
             "Logout successful",
             "You have been logged out of the single sign-on service. For security, close your browser.",

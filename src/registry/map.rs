@@ -31,6 +31,11 @@ pub trait TicketMap<V: Ticket>: Send + Sync {
     async fn get(&self, id: &TicketId) -> Option<Arc<V>>;
     /// Removes and returns the ticket in one atomic step: at most one caller ever gets `Some` for an id.
     async fn take(&self, id: &TicketId) -> Result<Option<Arc<V>>, MapError>;
+    /// Ends a ticket every node must learn of (a logout): takes it as `take` does, and says how many nodes hold
+    /// the removal now, this one included. A single node's map is the only copy there is.
+    async fn end(&self, id: &TicketId) -> Result<Ended<V>, MapError> {
+        Ok(Ended { value: self.take(id).await?, copies: 1 })
+    }
     /// Applies a change to a stored ticket; `false` when the ticket is absent.
     async fn change(&self, id: &TicketId, change: V::Change) -> Result<bool, MapError>;
     /// Removes every ticket expired at `now` and returns them (for single logout of expired TGTs).
@@ -41,6 +46,12 @@ pub trait TicketMap<V: Ticket>: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// What [`TicketMap::end`] ended: the ticket, when this node held it, and the nodes that hold its removal.
+pub struct Ended<V> {
+    pub value: Option<Arc<V>>,
+    pub copies: usize,
 }
 
 /// An in-memory map for a single node. DashMap's shard locks make each operation atomic per key, and no lock is held

@@ -7,7 +7,7 @@ pub mod replicated;
 
 use std::sync::Arc;
 
-pub use map::{LocalMap, MapError, TicketMap};
+pub use map::{Ended, LocalMap, MapError, TicketMap};
 use replicated::{MapPolicy, ReplicatedMap};
 
 use crate::cluster::MapSet;
@@ -92,6 +92,18 @@ pub struct TicketRegistry {
     /// The sessions this node opened per user, oldest first, for the per-user cap.
     sessions_by_user: dashmap::DashMap<String, std::collections::VecDeque<(TicketId, EpochMs)>>,
     max_sessions_per_user: usize,
+    /// Nodes (this one included) that must hold a logout's removal before it is confirmed (`cluster.logout_quorum`).
+    logout_quorum: usize,
+}
+
+/// What a logout did.
+#[derive(Debug)]
+pub struct Logout {
+    /// The session it ended, when this node held it (for single logout).
+    pub tgt: Option<Arc<Tgt>>,
+    /// Whether the removal reached the logout quorum. When it did not, the node keeps sending it to the peers that
+    /// missed it until they have it (repair), but cannot promise that no node still gives SSO meanwhile.
+    pub confirmed: bool,
 }
 
 /// A consumed service or proxy ticket with the TGT it was granted under.
@@ -109,7 +121,13 @@ impl TicketRegistry {
 
     /// A registry that keeps at most `max_sessions_per_user` SSO sessions per user opened on this node.
     pub fn with_session_cap(ids: IdGenerator, policy: ExpiryPolicy, maps: Maps, max_sessions_per_user: usize) -> Self {
-        Self { ids, policy, maps, sessions_by_user: Default::default(), max_sessions_per_user }
+        Self { ids, policy, maps, sessions_by_user: Default::default(), max_sessions_per_user, logout_quorum: 1 }
+    }
+
+    /// The same registry, confirming a logout only once `quorum` nodes (this one included) hold it.
+    pub fn with_logout_quorum(mut self, quorum: usize) -> Self {
+        self.logout_quorum = quorum.max(1);
+        self
     }
 
     /// Records `tgt` as `user`'s newest session and ends the oldest ones past the per-user cap (one account cannot
@@ -270,13 +288,19 @@ impl TicketRegistry {
 
     /// Ends an SSO session: removes the TGT and every PGT under it. Returns the TGT for single logout.
     pub async fn destroy_tgt(&self, raw: &str) -> Result<Option<Arc<Tgt>>, RegistryError> {
-        let Ok(id) = self.parse_kind(raw, &[TicketKind::Tgt]) else { return Ok(None) };
-        let tgt = self.maps.tgt.take(&id).await?;
-        if tgt.is_some() {
+        Ok(self.logout(raw).await?.tgt)
+    }
+
+    /// Ends the session `raw` names, with its PGTs, and says whether the logout quorum holds the removal. A value
+    /// that is no TGT of this cluster ends nothing and needs no confirmation.
+    pub async fn logout(&self, raw: &str) -> Result<Logout, RegistryError> {
+        let Ok(id) = self.parse_kind(raw, &[TicketKind::Tgt]) else { return Ok(Logout { tgt: None, confirmed: true }) };
+        let ended = self.maps.tgt.end(&id).await?;
+        if ended.value.is_some() {
             let tgt_id = id.to_string();
             self.maps.pgt.remove_where(&move |p: &Pgt| p.tgt == tgt_id).await;
         }
-        Ok(tgt)
+        Ok(Logout { tgt: ended.value, confirmed: ended.copies >= self.logout_quorum })
     }
 
     /// Removes every expired ticket and every PGT whose TGT is gone; returns the expired TGTs for single logout.

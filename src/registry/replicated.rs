@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 
-use super::map::{MapError, TicketMap};
+use super::map::{Ended, MapError, TicketMap};
 use crate::clock::{EpochMs, now_ms};
 use crate::cluster::replication::digest::{self, BucketDigest, Digest, live_hash, removed_hash};
 use crate::cluster::replication::replica::{Entry, MapId, MapReplica, NotOwner, Owner, Replicas};
@@ -172,22 +172,22 @@ impl<V: Ticket> ReplicatedMap<V> {
     /// Removes a ticket this node does not hold (a logout arriving at a node on the other side of a partition from
     /// the login): the removal is remembered and replicated, so the copies beyond the partition die when it heals
     /// (invariant 3). Only while the map is below `MAX_SLOTS_FOR_BLIND_REMOVAL`, so made-up ids cannot fill memory.
-    async fn remove_unknown(&self, id: &TicketId) {
+    /// A removal this node already holds is sent again: a logout that was not confirmed everywhere is retried by
+    /// the user's next one. Returns the nodes that hold the removal, this one included.
+    async fn remove_unknown(&self, id: &TicketId) -> usize {
         if self.slots.len() >= MAX_SLOTS_FOR_BLIND_REMOVAL {
-            return;
+            return 1;
         }
         let (op, gc_after) = self.tombstone_entry(id);
-        let inserted = match self.slots.entry(id.clone()) {
+        let send = match self.slots.entry(id.clone()) {
             MapEntry::Vacant(e) => {
                 self.digest.change(id.as_str(), None, Some(removed_hash(id.as_str())));
                 e.insert(Held::new(id.as_str(), Slot::Removed { gc_after }));
                 true
             }
-            MapEntry::Occupied(_) => false,
+            MapEntry::Occupied(e) => matches!(e.get().slot, Slot::Removed { .. }),
         };
-        if inserted {
-            self.replicate(op).await;
-        }
+        if send { self.replicate(op).await } else { 1 }
     }
 
     /// The owner's consume of a one-time ticket. The decision is the owner's alone (a peer never decides, and a
@@ -235,13 +235,19 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
         }
     }
 
+    async fn end(&self, id: &TicketId) -> Result<Ended<V>, MapError> {
+        if self.policy.consumption != Consumption::AnyNode {
+            return Ok(Ended { value: self.take(id).await?, copies: 1 });
+        }
+        if let Some((value, op)) = self.tombstone(id) {
+            return Ok(Ended { value: Some(value), copies: self.replicate(op).await });
+        }
+        Ok(Ended { value: None, copies: self.remove_unknown(id).await })
+    }
+
     async fn take(&self, id: &TicketId) -> Result<Option<Arc<V>>, MapError> {
         if self.policy.consumption == Consumption::AnyNode {
-            if let Some(value) = self.remove_and_replicate(id).await {
-                return Ok(Some(value));
-            }
-            self.remove_unknown(id).await;
-            return Ok(None);
+            return Ok(self.end(id).await?.value);
         }
         let Some(origin) = id.origin() else { return Ok(None) };
         if cfg!(feature = "unsafe-local-consume") {
@@ -328,6 +334,10 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
 
 #[async_trait]
 impl<V: Ticket> MapReplica for ReplicatedMap<V> {
+    fn pulled(&self) -> bool {
+        self.policy.consumption == Consumption::AnyNode && self.policy.copies == Copies::Everywhere
+    }
+
     fn apply(&self, entry: &Entry) {
         if self.policy.copies == Copies::IssuerOnly {
             return;

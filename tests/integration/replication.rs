@@ -182,6 +182,52 @@ async fn logout_is_everywhere_when_it_returns() {
     stop_all(nodes).await;
 }
 
+/// A logout that only this node holds (its two peers are down) is not confirmed: 202, a page that says so, the
+/// cookie cleared. Once a peer is back, the same logout again reaches the quorum (2 of 3) and is confirmed, and the
+/// peer refuses the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_logout_is_confirmed_only_by_a_majority() {
+    let key = ClusterKey::generate();
+    let mut nodes = cluster_of(3, &key, |_| {}).await;
+    let mut b = Browser::new(&nodes[0]);
+    b.login(APP).await;
+    let tgc = b.tgc.clone().expect("logged in");
+    let third = nodes.pop().expect("three");
+    let second = nodes.pop().expect("three");
+    let gossip = second.cluster().expect("c").gossip_addr().to_string();
+    third.crash().await;
+    second.crash().await;
+
+    let page = b.get("/logout").await;
+    assert_eq!(page.status, 202, "{}", page.body);
+    assert!(page.body.contains("not yet confirmed"), "{}", page.body);
+    assert!(page.set_cookie.iter().any(|c| c.starts_with("TGC=;")), "cookie cleared: {:?}", page.set_cookie);
+    let mut other = Browser::new(&nodes[0]);
+    other.tgc = Some(tgc.clone());
+    let sso = other.get(&format!("/login?service={}", enc(APP))).await;
+    assert_eq!(sso.status, 200, "no SSO on the node that ended the session");
+
+    let seed = vec![nodes[0].cluster().expect("c").gossip_addr().to_string()];
+    let back = node("n2", &key, seed, 3, |c| {
+        c.cluster.as_mut().expect("c").gossip_addr = gossip.parse().expect("addr");
+    })
+    .await;
+    wait_until(Duration::from_secs(10), "the first node sees the restarted one ready", || async {
+        ready_members(&nodes[0]).len() == 2
+    })
+    .await;
+    b.tgc = Some(tgc.clone());
+    let page = b.get("/logout").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("Logout successful"), "{}", page.body);
+    let mut there = Browser::new(&back);
+    there.tgc = Some(tgc);
+    let sso = there.get(&format!("/login?service={}", enc(APP))).await;
+    assert_eq!(sso.status, 200, "no SSO on the node that came back");
+    nodes.push(back);
+    stop_all(nodes).await;
+}
+
 /// A node started after 10,000 sessions were created holds all of them when it reports ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_joiner_holds_every_session_before_it_is_ready() {

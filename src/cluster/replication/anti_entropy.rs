@@ -181,6 +181,15 @@ impl Replicator {
         let mut status: watch::Receiver<ClusterStatus> = self.status.clone();
         let mut known: BTreeMap<String, u64> =
             ready_peers(&status.borrow()).into_iter().map(|m| (m.node, m.generation)).collect();
+        // The join copied one peer; another may hold writes that one missed (a logout that reached two nodes while
+        // the third was cut off, and the node that copies from the third). Pull each once, so that one more crash
+        // cannot undo them.
+        let first: Vec<MemberInfo> = ready_peers(&status.borrow());
+        for peer in first {
+            if let Err(e) = self.pull_all(&peer).await {
+                tracing::info!(from = %peer.node, error = %e, "pull after joining failed");
+            }
+        }
         let mut tick = tokio::time::interval(interval);
         tick.tick().await;
         let mut repair = tokio::time::interval(REPAIR_EVERY);
