@@ -9,6 +9,29 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// How long a bind keeps trying while its address is in use.
+const BIND_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Binds `bind` to an address, trying again for up to `BIND_PATIENCE` while the address is in use. A node restarted
+/// right after a crash (systemd's `Restart=`, a `kill -9` and start) can find its previous process's sockets still
+/// being torn down: issue 13 saw 2 of 3 restarts 30 ms after `kill -9` exit with "Address already in use".
+/// (tokio's listeners already set `SO_REUSEADDR`, so connections in TIME_WAIT do not block the bind.)
+pub async fn bind_patiently<T, F, Fut>(mut bind: F) -> std::io::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + BIND_PATIENCE;
+    loop {
+        match bind().await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %e, "address in use; trying again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
 
 /// The next connection, or `None` once `stop` is cancelled. `listener` names it in the log.
 pub async fn next_connection(

@@ -76,8 +76,9 @@ impl Node {
             None => None,
         };
         let listen = config.http.listen;
-        let listener =
-            tokio::net::TcpListener::bind(listen).await.map_err(|source| StartError::Bind { addr: listen, source })?;
+        let listener = crate::accept::bind_patiently(|| tokio::net::TcpListener::bind(listen))
+            .await
+            .map_err(|source| StartError::Bind { addr: listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: listen, source })?;
         let (cluster, maps) = match plan {
             Some(plan) => {

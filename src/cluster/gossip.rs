@@ -38,7 +38,9 @@ impl Membership {
         tasks: &TaskTracker,
     ) -> Result<Self, ClusterError> {
         let bind_error = |source| ClusterError::BindGossip { addr: settings.gossip_addr, source };
-        let socket = tokio::net::UdpSocket::bind(settings.gossip_addr).await.map_err(bind_error)?;
+        let socket = crate::accept::bind_patiently(|| tokio::net::UdpSocket::bind(settings.gossip_addr))
+            .await
+            .map_err(bind_error)?;
         let bound = socket.local_addr().map_err(bind_error)?;
         let advertised = settings.gossip_advertise.unwrap_or(bound);
         let transport = gossip_transport::SealedUdpTransport::new(

@@ -139,7 +139,7 @@ impl Cluster {
         build_maps: impl FnOnce(Arc<dyn Replicas>) -> M,
     ) -> Result<(Self, M), ClusterError> {
         let addr = settings.replication_addr;
-        let listener = tokio::net::TcpListener::bind(addr)
+        let listener = crate::accept::bind_patiently(|| tokio::net::TcpListener::bind(addr))
             .await
             .map_err(|source| ClusterError::BindReplication { addr, source })?;
         let replication_addr =

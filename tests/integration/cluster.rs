@@ -127,6 +127,42 @@ async fn node_with_the_wrong_key_stays_out() {
     }
 }
 
+/// A node that hears a cluster it cannot authenticate (here: a peer gossips to it under another key) does not start
+/// as a cluster of one: it stays not ready and `/ready` says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_authenticate_its_peers_never_claims_ready() {
+    let key = ClusterKey::generate();
+    let n1 = member("n1", &key, "127.0.0.1:0", vec![]).await;
+    let (gossip, http_port) = (format!("127.0.0.1:{}", free_port()), free_port());
+    let config = config(|c| {
+        join_cluster(c, "casd-test", "odd", &ClusterKey::generate(), vec![gossip_of(&n1)], 3);
+        c.http.listen = format!("127.0.0.1:{http_port}").parse().expect("addr");
+        let cluster = c.cluster.as_mut().expect("clustered");
+        cluster.gossip_addr = gossip.parse().expect("addr");
+        cluster.gossip_interval = GOSSIP;
+        cluster.join_timeout = Duration::from_secs(1);
+    });
+    let starting = tokio::spawn(casd::Node::start(config));
+    // A member of the real cluster lists the odd node as a seed, so it gossips to it.
+    let n2 = member("n2", &key, "127.0.0.1:0", vec![gossip_of(&n1), gossip.clone()]).await;
+    let ready = format!("http://127.0.0.1:{http_port}/cas/ready");
+    let mut last = (0, String::new());
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < deadline {
+        if let Ok(r) = http().get(&ready).send().await {
+            last = (r.status().as_u16(), r.text().await.unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last.0, 503, "never ready: {last:?}");
+    assert!(last.1.contains("failed authentication"), "says why: {last:?}");
+    assert!(!starting.is_finished(), "Node::start still waits for a cluster it can join");
+    starting.abort();
+    for n in [n1, n2] {
+        n.crash().await;
+    }
+}
+
 /// Garbage, authentic-but-undecodable and replayed datagrams are dropped and counted; the node carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_replayed_datagrams_are_dropped_and_counted() {

@@ -82,3 +82,23 @@ async fn the_drain_is_bounded() {
     assert!(answer.is_none(), "the slow request was cut off: {answer:?}");
     assert!(took < Duration::from_secs(4), "the stop waited {took:?}, past its 500 ms drain bound");
 }
+
+/// A node restarted while its address is still held (its previous process's sockets being torn down after a crash)
+/// waits for the address instead of exiting, and serves once it is free.
+#[tokio::test]
+async fn a_restart_waits_for_its_address() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = holder.local_addr().expect("addr");
+    let starting = tokio::spawn(casd::Node::start(config(|c| c.http.listen = addr)));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!starting.is_finished(), "still waiting for the address, not failed");
+    drop(holder);
+    let node = tokio::time::timeout(Duration::from_secs(10), starting)
+        .await
+        .expect("starts once the address is free")
+        .expect("task")
+        .expect("node starts");
+    let health = http().get(format!("http://{addr}/cas/health")).send().await.expect("request");
+    assert_eq!(health.status(), 200);
+    node.crash().await;
+}

@@ -142,7 +142,8 @@ impl Replicator {
         if !when.finds_peers {
             return None;
         }
-        let deadline = tokio::time::Instant::now() + when.join_timeout;
+        let mut deadline = tokio::time::Instant::now() + when.join_timeout;
+        let mut refused = self.unauthenticated();
         let mut status = self.status.clone();
         let mut seen_ready = false;
         loop {
@@ -168,10 +169,35 @@ impl Replicator {
                 continue;
             }
             if tokio::time::timeout_at(deadline, status.changed()).await.is_err() {
+                // Frames that did not authenticate mean a cluster is there that this node cannot talk to (a wrong
+                // key, a clock too far off): starting alone would serve as unknown every session it holds. Wait,
+                // and say why, until such frames stop for a whole join timeout.
+                let now_refused = self.unauthenticated();
+                if now_refused > refused {
+                    let reason = format!(
+                        "{} cluster frames in the last {:?} failed authentication (a wrong cluster key, or a clock \
+                         more than {} s off): not starting as a cluster of one",
+                        now_refused - refused,
+                        when.join_timeout,
+                        crate::cluster::seal::MAX_CLOCK_SKEW_MS / 1000,
+                    );
+                    tracing::warn!(%reason, "not ready");
+                    readiness.send_replace(Readiness::Joining { reason: Some(reason) });
+                    refused = now_refused;
+                    deadline = tokio::time::Instant::now() + when.join_timeout;
+                    continue;
+                }
                 tracing::info!("no ready peer seen: starting as the first node of the cluster");
                 return None;
             }
         }
+    }
+
+    /// Cluster frames dropped so far because they did not authenticate: a bad tag, or sent too far from this
+    /// node's clock.
+    fn unauthenticated(&self) -> u64 {
+        let d = self.drops.snapshot();
+        d.bad_tag + d.stale
     }
 
     /// Repairs what synchronous writes missed (a peer that was cut off or slow) until the node stops: asks the peers
