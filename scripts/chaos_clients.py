@@ -3,10 +3,12 @@
 
 Each worker plays a browser and its applications against random nodes, as a round-robin load balancer would send
 them: log in (form on one node, POST on another), get service tickets by SSO, validate each ticket, sometimes twice
-at once on two nodes, and sometimes log out. Every request is recorded, with its timing, as one JSON line.
+at once on two nodes, and sometimes log out. After a logout it sometimes tries the old cookie again on some node
+(I3 during the run), and now and then it holds a service ticket past its lifetime before validating it (I4).
+Every request is recorded, with its timing, as one JSON line.
 
-  chaos_clients.py --nodes N --seed S --duration SECONDS --history FILE [--workers W]
-  chaos_clients.py --nodes N --final FILE --history FILE   (after the heal: ask every node about every session)
+  chaos_clients.py --nodes N --seed S --duration SECONDS --history FILE [--workers W] [--ttl SECONDS]
+  chaos_clients.py --nodes N --final --round R --history FILE   (after the heal: ask every node about every session)
 """
 import argparse
 import json
@@ -103,14 +105,23 @@ def serve_callbacks(addr, cert, key):
 
 
 def logout(node, tgt):
-    return lab_client.logout(base(node), tgt)
+    """A logout is ok when confirmed (200); 202 means the node ended it but the logout quorum did not confirm it."""
+    r = lab_client.logout(base(node), tgt)
+    r['unconfirmed'] = r['status'] == 202
+    return r
 
 
 def worker(args, w, history, deadline):
     rng = random.Random(args.seed * 1000 + w)
     nodes = list(range(1, args.nodes + 1))
     tgt = None
+    held = []  # (due, st): service tickets kept past their lifetime on purpose
     while time.time() < deadline:
+        if held and held[0][0] <= time.time():
+            _, old = held.pop(0)
+            n = rng.choice(nodes)
+            op(history, w, n, 'validate', lambda: validate(n, old), st=old, held=True)
+            continue
         if tgt is None:
             a, b = rng.choice(nodes), rng.choice(nodes)
             r = op(history, w, b, 'login', lambda: login(a, b), form_node=a)
@@ -123,7 +134,13 @@ def worker(args, w, history, deadline):
         roll = rng.random()
         if roll < 0.08:
             n = rng.choice(nodes)
-            op(history, w, n, 'logout', lambda: logout(n, tgt), tgt=tgt)
+            r = op(history, w, n, 'logout', lambda: logout(n, tgt), tgt=tgt)
+            if rng.random() < 0.5:
+                # The old cookie again, on any node: once a confirmed logout has answered, no node that was reachable
+                # throughout may give SSO for it.
+                time.sleep(rng.uniform(0, 0.5))
+                m = rng.choice(nodes)
+                op(history, w, m, 'sso-after-logout', lambda: sso(m, tgt), tgt=tgt, confirmed=r['ok'])
             tgt = None
             continue
         n = rng.choice(nodes)
@@ -133,6 +150,9 @@ def worker(args, w, history, deadline):
                 tgt = None  # the session is gone (expired or logged out elsewhere): log in again
             continue
         st = r['st']
+        if roll > 0.97 and len(held) < 3:
+            held.append((time.time() + args.ttl + 3, st))
+            continue
         if args.pgt_url and roll > 0.85:
             # A proxy: validate with a callback, get a PGT, ask another node for a PT, validate that on a third.
             m = rng.choice(nodes)
@@ -166,7 +186,8 @@ def worker(args, w, history, deadline):
 
 
 def final(args, history):
-    """After the final heal: every node is asked about every session seen in the run."""
+    """After the final heal: every node is asked about every session seen in the run (run twice, some seconds
+    apart, by scripts/chaos: a session that comes back after the first round is caught by the second)."""
     sessions = set()
     with open(args.history) as f:
         for line in f:
@@ -175,7 +196,7 @@ def final(args, history):
                 sessions.add(e['tgt'])
     for tgt in sorted(sessions):
         for n in range(1, args.nodes + 1):
-            op(history, 'final', n, 'final-sso', lambda n=n, t=tgt: sso(n, t), tgt=tgt)
+            op(history, 'final', n, 'final-sso', lambda n=n, t=tgt: sso(n, t), tgt=tgt, round=args.round)
 
 
 def main():
@@ -186,6 +207,8 @@ def main():
     p.add_argument('--workers', type=int, default=6)
     p.add_argument('--history', required=True)
     p.add_argument('--final', action='store_true')
+    p.add_argument('--round', type=int, default=1)
+    p.add_argument('--ttl', type=float, default=10.0, help="the nodes' service ticket lifetime")
     p.add_argument('--callback', nargs=3, metavar=('ADDR', 'CERT', 'KEY'), help='serve a pgtUrl here')
     args = p.parse_args()
     args.pgt_url = serve_callbacks(*args.callback) if args.callback else None

@@ -70,6 +70,17 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub ops: OpsConfig,
+    #[serde(default)]
+    pub lab: LabConfig,
+}
+
+/// For the chaos lab only (scripts/chaos): nothing here belongs in a production config.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabConfig {
+    /// Append one line per successful consume of a service or proxy ticket (its hashed id, this node, the time) to
+    /// this file, so that the chaos checker counts the server's successes and not only those a client saw.
+    pub consume_journal: Option<std::path::PathBuf>,
 }
 
 /// Who may read `/metrics`, `/cluster` and `/cluster.html`: they show addresses, boot times and counters.

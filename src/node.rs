@@ -17,6 +17,7 @@ use crate::cluster::{Cluster, Identity};
 use crate::config::{Config, ConfigError, Resolved};
 use crate::http::{HttpLimits, Stops};
 use crate::ops::{self, Access, Ops};
+use crate::registry::journal::ConsumeJournal;
 use crate::registry::{Maps, TicketRegistry};
 use crate::sweeper::{self, SendsExpiryLogout};
 use crate::ticket::IdGenerator;
@@ -32,6 +33,8 @@ pub enum StartError {
     Callback(#[from] cas::pgt_callback::CallbackSetupError),
     #[error("single logout client: {0}")]
     Slo(String),
+    #[error("lab.consume_journal: cannot open {0}")]
+    Journal(String),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
     #[error(transparent)]
@@ -163,9 +166,17 @@ fn build_app(
     ready: Box<dyn Fn() -> bool + Send + Sync>,
 ) -> Result<App, StartError> {
     let logout_quorum = config.cluster.as_ref().map_or(1, |c| c.logout_quorum());
+    let journal = match &config.lab.consume_journal {
+        Some(path) => Some(
+            ConsumeJournal::open(path, &config.node.name)
+                .map_err(|e| StartError::Journal(format!("{}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
     let registry = Arc::new(
         TicketRegistry::with_session_cap(ids, config.tickets.policy(), maps, config.limits.max_sessions_per_user)
-            .with_logout_quorum(logout_quorum),
+            .with_logout_quorum(logout_quorum)
+            .with_journal(journal),
     );
     let slo = SloSender::new(config.slo.enabled, config.slo.timeout, config.slo.max_concurrency)
         .map_err(|e| StartError::Slo(e.to_string()))?;

@@ -2,6 +2,7 @@
 //! one [`TicketMap`] per ticket kind. This is the seam between CAS and the cluster: the protocol layer sees only this
 //! API, and a single node runs it over local maps.
 
+pub mod journal;
 pub mod map;
 pub mod replicated;
 
@@ -94,6 +95,8 @@ pub struct TicketRegistry {
     max_sessions_per_user: usize,
     /// Nodes (this one included) that must hold a logout's removal before it is confirmed (`cluster.logout_quorum`).
     logout_quorum: usize,
+    /// The chaos lab's record of successful consumes (`lab.consume_journal`); `None` outside the lab.
+    journal: Option<journal::ConsumeJournal>,
 }
 
 /// What a logout did.
@@ -121,7 +124,21 @@ impl TicketRegistry {
 
     /// A registry that keeps at most `max_sessions_per_user` SSO sessions per user opened on this node.
     pub fn with_session_cap(ids: IdGenerator, policy: ExpiryPolicy, maps: Maps, max_sessions_per_user: usize) -> Self {
-        Self { ids, policy, maps, sessions_by_user: Default::default(), max_sessions_per_user, logout_quorum: 1 }
+        Self {
+            ids,
+            policy,
+            maps,
+            sessions_by_user: Default::default(),
+            max_sessions_per_user,
+            logout_quorum: 1,
+            journal: None,
+        }
+    }
+
+    /// The same registry, recording every successful consume of a one-time ticket in `journal` (the chaos lab).
+    pub fn with_journal(mut self, journal: Option<journal::ConsumeJournal>) -> Self {
+        self.journal = journal;
+        self
     }
 
     /// The same registry, confirming a logout only once `quorum` nodes (this one included) hold it.
@@ -256,6 +273,9 @@ impl TicketRegistry {
             Err(RegistryError::NotFound | RegistryError::Expired) => return Err(RegistryError::SessionEnded),
             Err(e) => return Err(e),
         };
+        if let Some(journal) = &self.journal {
+            journal.record(&id, now);
+        }
         Ok(Consumed { kind, ticket, tgt })
     }
 
