@@ -17,6 +17,8 @@ pub struct DropCounters {
     pub stale: AtomicU64,
     pub malformed: AtomicU64,
     pub oversize: AtomicU64,
+    /// Gossip not sent: its address was no seed, discovered node or member (a replayed datagram's sender).
+    pub unknown_destination: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
     last_warn_ms: AtomicU64,
@@ -30,6 +32,7 @@ pub struct DropCounts {
     pub stale: u64,
     pub malformed: u64,
     pub oversize: u64,
+    pub unknown_destination: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
 }
@@ -68,6 +71,7 @@ impl DropCounters {
             stale: get(&self.stale),
             malformed: get(&self.malformed),
             oversize: get(&self.oversize),
+            unknown_destination: get(&self.unknown_destination),
             bytes_sent: get(&self.bytes_sent),
             bytes_received: get(&self.bytes_received),
         }

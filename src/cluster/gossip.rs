@@ -43,11 +43,14 @@ impl Membership {
             .map_err(bind_error)?;
         let bound = socket.local_addr().map_err(bind_error)?;
         let advertised = settings.gossip_advertise.unwrap_or(bound);
+        let destinations = Arc::new(gossip_transport::Destinations::default());
+        allow_seeds(&settings.seeds, &destinations).await;
         let transport = gossip_transport::SealedUdpTransport::new(
             socket,
             keyring.sealer(),
             keyring.opener(Purpose::Gossip),
             drops.clone(),
+            destinations.clone(),
         );
         let (node, generation) = (keyring.node().to_owned(), keyring.generation());
         let config = ChitchatConfig {
@@ -87,7 +90,12 @@ impl Membership {
             dropped: DropCounts::default(),
         };
         let (status_tx, status) = watch::channel(first);
-        let refresh = Refresh { every: settings.gossip_interval, threshold: settings.phi_threshold };
+        let refresh = Refresh {
+            every: settings.gossip_interval,
+            threshold: settings.phi_threshold,
+            seeds: settings.seeds.clone(),
+            destinations: destinations.clone(),
+        };
         tasks.spawn(refresh.run(chitchat.clone(), status_tx, drops.clone(), stop.clone()));
         if settings.multicast.enabled {
             let socket = discovery::multicast_socket(&settings.multicast)
@@ -95,6 +103,7 @@ impl Membership {
             let me = discovery::Beacon { cluster_id: settings.id.clone(), node, gossip_addr: advertised };
             let handle = chitchat.clone();
             let found = move |addr| {
+                destinations.allow(addr);
                 let _ = handle.gossip(addr);
             };
             tasks.spawn(discovery::run(
@@ -124,11 +133,27 @@ impl Membership {
     }
 }
 
+/// How often seed host names are resolved again (chitchat does the same every 60 s).
+const SEED_RESOLVE_EVERY: Duration = Duration::from_secs(60);
+
+/// Lets gossip go to every address the seeds resolve to now. A seed that does not resolve is skipped (chitchat
+/// logs it); it is tried again at the next resolution.
+async fn allow_seeds(seeds: &[String], destinations: &gossip_transport::Destinations) {
+    for seed in seeds {
+        match tokio::net::lookup_host(seed.as_str()).await {
+            Ok(addrs) => addrs.for_each(|a| destinations.allow(a)),
+            Err(e) => tracing::debug!(%seed, error = %e, "seed does not resolve"),
+        }
+    }
+}
+
 /// Refreshes the status every gossip interval from chitchat's state, tracking when each heartbeat last rose (for
-/// the status page's "last heartbeat" and phi).
+/// the status page's "last heartbeat" and phi), and keeps gossip's destinations up to date.
 struct Refresh {
     every: Duration,
     threshold: f64,
+    seeds: Vec<String>,
+    destinations: Arc<gossip_transport::Destinations>,
 }
 
 impl Refresh {
@@ -142,10 +167,15 @@ impl Refresh {
         let self_id = chitchat.chitchat_id().clone();
         let mut last_rise: HashMap<ChitchatId, (u64, Instant)> = HashMap::new();
         let mut tick = tokio::time::interval(self.every);
+        let mut resolved = Instant::now();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
+            }
+            if resolved.elapsed() >= SEED_RESOLVE_EVERY {
+                allow_seeds(&self.seeds, &self.destinations).await;
+                resolved = Instant::now();
             }
             let facts = chitchat
                 .with_chitchat(|c| {
@@ -168,6 +198,9 @@ impl Refresh {
                         .collect::<Vec<_>>()
                 })
                 .await;
+            for fact in &facts {
+                self.destinations.allow(fact.0.gossip_advertise_addr);
+            }
             let now = Instant::now();
             let members: Vec<MemberInfo> = facts
                 .into_iter()

@@ -1,10 +1,18 @@
 //! A chitchat `Transport` whose every datagram is sealed (see `seal`). Opens one UDP socket, bound by the caller
 //! beforehand so the advertised address is known even for port 0.
 //!
+//! Gossip is sealed for every node (the first datagram to a seed cannot name a node it has not met), so a datagram
+//! captured on the way to one node opens at another. chitchat answers a datagram at the address it came from, so a
+//! replay from a stranger's address would make a node send gossip to that stranger (issue 12): a reflector, and a
+//! small amplifier. So datagrams go only to addresses this node has a reason to talk to ([`Destinations`]): its
+//! seeds, the nodes its multicast beacons found, and the gossip addresses of the members it knows. A new node's
+//! first datagram to a seed is answered once the seed has learned its address from that datagram (the next round).
+//!
 //! chitchat's traits return `anyhow::Result`, so this module does too, at that boundary only.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use chitchat::ChitchatEnvelope;
@@ -17,16 +25,42 @@ use crate::clock::now_ms;
 /// The largest UDP payload; a sealed frame over it cannot be sent and is dropped (and counted).
 pub const MAX_DATAGRAM: usize = 65_507;
 
+/// The addresses gossip may be sent to. Only grows during a boot: a seed, a discovered node or a member, once
+/// known, stays a legitimate destination (a few bytes each).
+#[derive(Default)]
+pub struct Destinations(RwLock<HashSet<SocketAddr>>);
+
+impl Destinations {
+    pub fn allow(&self, addr: SocketAddr) {
+        if !self.allows(addr) {
+            if let Ok(mut set) = self.0.write() {
+                set.insert(addr);
+            }
+        }
+    }
+
+    pub fn allows(&self, addr: SocketAddr) -> bool {
+        self.0.read().is_ok_and(|set| set.contains(&addr))
+    }
+}
+
 pub struct SealedUdpTransport {
     socket: Mutex<Option<tokio::net::UdpSocket>>,
     sealer: Arc<Sealer>,
     opener: Mutex<Option<Opener>>,
     drops: Arc<DropCounters>,
+    destinations: Arc<Destinations>,
 }
 
 impl SealedUdpTransport {
-    pub fn new(socket: tokio::net::UdpSocket, sealer: Arc<Sealer>, opener: Opener, drops: Arc<DropCounters>) -> Self {
-        Self { socket: Mutex::new(Some(socket)), sealer, opener: Mutex::new(Some(opener)), drops }
+    pub fn new(
+        socket: tokio::net::UdpSocket,
+        sealer: Arc<Sealer>,
+        opener: Opener,
+        drops: Arc<DropCounters>,
+        destinations: Arc<Destinations>,
+    ) -> Self {
+        Self { socket: Mutex::new(Some(socket)), sealer, opener: Mutex::new(Some(opener)), drops, destinations }
     }
 }
 
@@ -41,6 +75,7 @@ impl Transport for SealedUdpTransport {
             sealer: self.sealer.clone(),
             opener,
             drops: self.drops.clone(),
+            destinations: self.destinations.clone(),
             send_buf: Vec::new(),
             recv_buf: vec![0u8; MAX_DATAGRAM],
         }))
@@ -56,6 +91,7 @@ struct SealedSocket {
     sealer: Arc<Sealer>,
     opener: Opener,
     drops: Arc<DropCounters>,
+    destinations: Arc<Destinations>,
     send_buf: Vec<u8>,
     recv_buf: Vec<u8>,
 }
@@ -67,6 +103,10 @@ impl Socket for SealedSocket {
     }
 
     async fn send(&mut self, to: SocketAddr, envelope: ChitchatEnvelope) -> anyhow::Result<SendOutcome> {
+        if !self.destinations.allows(to) {
+            self.drops.unknown_destination.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(SendOutcome { num_bytes_sent: 0 });
+        }
         self.send_buf.clear();
         envelope.serialize(&mut self.send_buf);
         let frame = self.sealer.seal(Purpose::Gossip, &self.send_buf, now_ms());

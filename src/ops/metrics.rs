@@ -43,6 +43,7 @@ fn render_cluster(cluster: &ClusterView, out: &mut String) {
             ("stale", d.stale),
             ("malformed", d.malformed),
             ("oversize", d.oversize),
+            ("unknown_destination", d.unknown_destination),
         ],
     );
     labelled(
