@@ -231,10 +231,14 @@ impl Replicator {
                 }
             };
             let peers = ready_peers(&status.borrow());
+            // A peer that left (died, cut off) may have made writes that reached some of the others but not this
+            // node (a one-way cut between it and us): pull every remaining peer once, before another crash takes
+            // the last copy (a session, or a logout's tombstone, held only by the departed node and one other).
+            let departed = known.iter().any(|(node, _)| !peers.iter().any(|m| &m.node == node));
             let mut to_pull: Vec<MemberInfo> =
-                peers.iter().filter(|m| known.get(&m.node) != Some(&m.generation)).cloned().collect();
+                peers.iter().filter(|m| departed || known.get(&m.node) != Some(&m.generation)).cloned().collect();
             known = peers.iter().map(|m| (m.node.clone(), m.generation)).collect();
-            if periodic && !peers.is_empty() {
+            if periodic && !peers.is_empty() && !departed {
                 round += 1;
                 to_pull.push(peers[round % peers.len()].clone());
             }
