@@ -5,9 +5,9 @@
 //! join, so the maps converge whatever the order, duplication or delay of messages: after a partition heals, a
 //! pull of each other's snapshot is all it takes, and a removed ticket never comes back (invariant 3).
 //!
-//! One-time tickets (ST, PT, LT) are consumed only by the node that issued them, in the generation that issued them
-//! (invariant 1): another node forwards the consume, and when the owner cannot be asked the consume fails rather
-//! than risk a second success.
+//! One-time tickets (ST, PT, LT) are held and consumed only by the node that issued them, in the generation that
+//! issued them (invariant 1): another node forwards the consume, and when the owner cannot be asked the consume
+//! fails rather than risk a second success. Peers hold no copy of them, so no write or pull carries them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -72,7 +72,9 @@ pub enum Copies {
     Everywhere,
     /// Only the issuer, the one node that ever reads the entry: nothing is sent to peers, in writes or in pulls.
     /// Login tickets are minted by anyone who loads the login page, so replicating them made every anonymous
-    /// `GET /login` a synchronous write on every node (issue 12).
+    /// `GET /login` a synchronous write on every node (issue 12). Service and proxy tickets followed (issue 17): a
+    /// peer never read its copy, since every consume goes to the owner and a dead owner means a refused ticket, yet
+    /// the copy cost a synchronous write per issue and a removal per validation on every peer.
     IssuerOnly,
 }
 
@@ -93,11 +95,14 @@ impl MapPolicy {
     /// (`cluster.min_copies`); a one-time ticket needs no copy but its issuer's, which alone decides it.
     pub fn of(map: MapId, expiry: &ExpiryPolicy, session_min_copies: usize) -> Self {
         use {Consumption::*, Copies::*};
+        // The deliberately broken chaos-checker build copies one-time tickets everywhere and lets any node consume
+        // its copy: the bug the owner rule exists to prevent, which the checker must catch.
+        let one_time = if cfg!(feature = "unsafe-local-consume") { Everywhere } else { IssuerOnly };
         let (consumption, copies, lifetime, min_copies) = match map {
             MapId::Tgt => (AnyNode, Everywhere, expiry.tgt_max_lifetime, session_min_copies),
             MapId::Pgt => (AnyNode, Everywhere, expiry.tgt_max_lifetime, 1),
-            MapId::St => (IssuingNode, Everywhere, expiry.st_ttl, 1),
-            MapId::Pt => (IssuingNode, Everywhere, expiry.pt_ttl, 1),
+            MapId::St => (IssuingNode, one_time, expiry.st_ttl, 1),
+            MapId::Pt => (IssuingNode, one_time, expiry.pt_ttl, 1),
             MapId::Lt => (IssuingNode, IssuerOnly, expiry.lt_ttl, 1),
         };
         // A tombstone must outlive every copy of the ticket it removes, clocks a little apart included.

@@ -114,6 +114,43 @@ async fn racing_validations_on_three_nodes_succeed_exactly_once() {
     stop_all(nodes).await;
 }
 
+async fn metrics_of(n: &NodeHandle) -> String {
+    reqwest::get(format!("{}/metrics", n.base_url())).await.expect("metrics").text().await.expect("body")
+}
+
+fn metric(body: &str, name: &str) -> u64 {
+    let line = body.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '));
+    line.and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or_else(|| panic!("no {name} in {body}"))
+}
+
+/// An ST costs its issuer one replicated write (the session's service grant, for single logout) and its peers
+/// nothing: they never hold a copy, and the validation on the owner sends them nothing either. A peer still
+/// validates it, by forwarding the consume to the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_service_ticket_stays_on_its_issuer_and_costs_one_replicated_write() {
+    let key = ClusterKey::generate();
+    let nodes = cluster_of(3, &key, |_| {}).await;
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+    let mut b = Browser::new(n1);
+    b.login(APP).await;
+    let writes = |body: &str| metric(body, "casd_replication_writes_total");
+    let before = writes(&metrics_of(n1).await);
+    let st = b.sso(APP).await;
+    assert_eq!(writes(&metrics_of(n1).await) - before, 1, "one replicated write per ST issued");
+    for peer in &nodes[1..] {
+        assert_eq!(metric(&metrics_of(peer).await, "casd_tickets_live{map=\"ST\"}"), 0, "no copy on a peer");
+    }
+    let body = call(n1, "/serviceValidate", &[("service", APP), ("ticket", &st)]).await;
+    assert_eq!(user_of(&body).as_deref(), Some(USER), "{body}");
+    assert_eq!(writes(&metrics_of(n1).await) - before, 1, "a validation on the owner replicates nothing");
+    let st = b.sso(APP).await;
+    let body = call(n2, "/serviceValidate", &[("service", APP), ("ticket", &st)]).await;
+    assert_eq!(user_of(&body).as_deref(), Some(USER), "a peer validates by asking the owner: {body}");
+    let body = call(n1, "/serviceValidate", &[("service", APP), ("ticket", &st)]).await;
+    assert_eq!(failure_code(&body).as_deref(), Some("INVALID_TICKET"), "and only once: {body}");
+    stop_all(nodes).await;
+}
+
 /// kill -9 (crash) of the node that issued the TGT: SSO continues on the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sso_survives_the_crash_of_the_issuing_node() {
@@ -133,9 +170,9 @@ async fn sso_survives_the_crash_of_the_issuing_node() {
     stop_all(nodes).await;
 }
 
-/// A restarted node refuses the tickets of its previous generation, and so does everyone else: the peer still
-/// holds its copy as data, and the restarted node does not pull one-time tickets at all (their issuer alone decides
-/// them, and this is a new issuer).
+/// A restarted node refuses the tickets of its previous generation, and so does everyone else: the peer never held
+/// a copy, and the restarted node does not pull one-time tickets at all (their issuer alone decides them, and this
+/// is a new issuer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_owner_refuses_its_previous_generations_tickets() {
     let key = ClusterKey::generate();
@@ -150,7 +187,7 @@ async fn a_restarted_owner_refuses_its_previous_generations_tickets() {
         c.cluster.as_mut().expect("c").gossip_addr = gossip.parse().expect("addr");
     })
     .await;
-    assert!(nodes[0].registry().sizes()[1].1 >= 1, "the peer holds the old ST as data");
+    assert_eq!(nodes[0].registry().sizes()[1].1, 0, "the peer holds no copy of the old ST");
     assert_eq!(restarted.registry().sizes()[1].1, 0, "state transfer leaves one-time tickets out");
     for n in [&nodes[0], &restarted] {
         let body = call(n, "/serviceValidate", &[("service", APP), ("ticket", &st)]).await;

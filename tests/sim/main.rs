@@ -17,7 +17,7 @@ use casd::cluster::replication::digest::{all_buckets, plan_pulls};
 use casd::cluster::replication::replica::{Entry, MapId, MapReplica, Owner, ReplicaError, Replicas};
 use casd::registry::TicketMap;
 use casd::registry::replicated::{Consumption, Copies, MapPolicy, ReplicatedMap};
-use casd::ticket::{IdGenerator, Principal, ServiceTicket, Tgt, TicketId, TicketKind};
+use casd::ticket::{ExpiryPolicy, IdGenerator, Principal, ServiceTicket, Tgt, TgtChange, TicketId, TicketKind};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -106,15 +106,16 @@ impl Replicas for SimReplicas {
     }
 }
 
-fn policy(map: MapId, consumption: Consumption) -> MapPolicy {
-    MapPolicy { map, consumption, copies: Copies::Everywhere, min_copies: 1, tombstone_ttl: Duration::from_secs(3600) }
+/// The real policy of each map (sessions everywhere, one-time tickets only at their issuer).
+fn policy(map: MapId) -> MapPolicy {
+    MapPolicy::of(map, &ExpiryPolicy::default(), 1)
 }
 
 fn boot(world: &Arc<Mutex<World>>, i: usize) {
     let replicas: Arc<dyn Replicas> = Arc::new(SimReplicas { world: world.clone(), me: i });
     let maps = NodeMaps {
-        tgt: Arc::new(ReplicatedMap::new(policy(MapId::Tgt, Consumption::AnyNode), replicas.clone())),
-        st: Arc::new(ReplicatedMap::new(policy(MapId::St, Consumption::IssuingNode), replicas)),
+        tgt: Arc::new(ReplicatedMap::new(policy(MapId::Tgt), replicas.clone())),
+        st: Arc::new(ReplicatedMap::new(policy(MapId::St), replicas)),
     };
     world.lock().expect("world").nodes[i].maps = Some(maps);
 }
@@ -227,7 +228,18 @@ async fn run(seed: u64) -> Result<(), String> {
                     proxies: vec![],
                 };
                 st.insert(&id, ticket).await.map_err(|e| format!("st insert: {e}"))?;
+                // The one replicated write of an issue: the session's service grant, for single logout.
+                let grant = TgtChange::Granted { ticket: id.to_string(), service: "https://app/".into(), at: step as u64 };
+                tgt.change(&session_id, grant).await.map_err(|e| format!("grant: {e}"))?;
                 h.issued.insert(id.to_string(), (session.clone(), i));
+                // One-time tickets stay where they are decided: no reachable peer holds a copy.
+                let peers = world.lock().expect("world").reachable(i);
+                for j in peers {
+                    let peer = world.lock().expect("world").nodes[j].maps.as_ref().map(|m| m.st.clone());
+                    if peer.is_some_and(|p| all(&*p).iter().any(|e| e.id() == id.as_str())) {
+                        return Err(format!("issuer only: s{j} holds a copy of {} issued on s{i}", id.redacted()));
+                    }
+                }
                 if h.logged_out.contains(&session) {
                     // Only a node cut off from the logout may still grant; such a ticket must never validate.
                     h.events.push(format!("{step}: s{i} granted under a session logged out elsewhere"));
@@ -333,23 +345,29 @@ async fn run(seed: u64) -> Result<(), String> {
     }
     anti_entropy(&world);
     let alive: Vec<usize> = (0..NODES).filter(|&i| node_maps(i).is_some()).collect();
-    let sets: Vec<(BTreeSet<String>, BTreeSet<String>)> =
-        alive.iter().filter_map(|&i| node_maps(i)).map(|(t, s, _, _)| (live(&*t), live(&*s))).collect();
+    // Sessions converge; one-time tickets are not replicated, so each node holds only its own.
+    let sets: Vec<BTreeSet<String>> = alive.iter().filter_map(|&i| node_maps(i)).map(|(t, ..)| live(&*t)).collect();
     if sets.windows(2).any(|w| w[0] != w[1]) {
         return Err("convergence: live nodes disagree after the final heal".into());
     }
-    let digests: Vec<_> =
-        alive.iter().filter_map(|&i| node_maps(i)).map(|(t, s, _, _)| (t.digest(), s.digest())).collect();
+    let digests: Vec<_> = alive.iter().filter_map(|&i| node_maps(i)).map(|(t, ..)| t.digest()).collect();
     if digests.windows(2).any(|w| w[0] != w[1]) {
         return Err("convergence: digests differ after the final heal, so anti-entropy would never settle".into());
     }
-    if let Some((tgts, sts)) = sets.first() {
+    for (_, st, name, _) in alive.iter().filter_map(|&i| node_maps(i)) {
+        for ticket in live(&*st) {
+            if h.validated.contains_key(&ticket) {
+                return Err(format!("invariant 1: validated ticket {ticket} is live again on {name}"));
+            }
+            if TicketId::parse(&ticket).ok().and_then(|t| t.origin()).is_none_or(|o| o.node != name) {
+                return Err(format!("issuer only: {name} holds {ticket}, issued elsewhere"));
+            }
+        }
+    }
+    if let Some(tgts) = sets.first() {
         let kept = |id: &String| h.tombstones.get(id).is_some_and(|holders| !holders.is_empty());
         if let Some(back) = tgts.iter().find(|t| h.logged_out.contains(*t) && kept(t)) {
             return Err(format!("invariant 3: logged-out session {back} is live again after the heal"));
-        }
-        if let Some(back) = sts.iter().find(|s| h.validated.contains_key(*s) && kept(s)) {
-            return Err(format!("invariant 1: validated ticket {back} is live again after the heal"));
         }
         for (session, holders) in &h.sessions {
             if !holders.is_empty() && !h.logged_out.contains(session) && !tgts.contains(session) {
@@ -401,15 +419,15 @@ async fn a_broken_owner_check_is_caught() {
         proxies: vec![],
     };
     maps(0).insert(&id, st.clone()).await.expect("insert");
-    // A copy reaches s1 before the cut (as a write before a partition would).
+    // Even a copy that somehow reached s1 (a peer of an older version) is not kept: s1 holds nothing to decide.
     maps(1).apply(&Entry::Live { id: id.to_string(), value: postcard::to_allocvec(&st).expect("ser") });
+    assert!(maps(1).get(&id).await.is_none(), "a peer keeps no copy of a one-time ticket");
     assert!(maps(0).take(&id).await.expect("owner decides").is_some(), "the owner consumes once");
     assert!(maps(1).take(&id).await.is_err(), "the cut-off node may not decide: it fails closed");
-    // Without the owner rule (an unsafe map policy), the cut-off side would succeed a second time.
-    let unsafe_map: ReplicatedMap<ServiceTicket> = ReplicatedMap::new(
-        policy(MapId::St, Consumption::AnyNode),
-        Arc::new(SimReplicas { world: world.clone(), me: 1 }),
-    );
+    // Without the owner rule (copies everywhere, consumed by any node), the cut-off side succeeds a second time.
+    let unsafe_policy = MapPolicy { consumption: Consumption::AnyNode, copies: Copies::Everywhere, ..policy(MapId::St) };
+    let unsafe_map: ReplicatedMap<ServiceTicket> =
+        ReplicatedMap::new(unsafe_policy, Arc::new(SimReplicas { world: world.clone(), me: 1 }));
     unsafe_map.apply(&Entry::Live { id: id.to_string(), value: postcard::to_allocvec(&st).expect("ser") });
     assert!(unsafe_map.take(&id).await.expect("take").is_some(), "the broken policy accepts the ticket again");
 }
