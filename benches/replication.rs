@@ -13,6 +13,11 @@
 #[path = "support.rs"]
 mod support;
 
+/// The allocator casd itself runs with (src/main.rs), so that the figures are the server's.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

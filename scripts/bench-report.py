@@ -74,6 +74,35 @@ def svg(rows):
     return '\n'.join(out)
 
 
+def nodes_svg(points):
+    """Throughput against cluster size: validations through the owner-routing front, and ST issue+validate cycles."""
+    width, height, left, top, bottom = 640, 340, 70, 40, 50
+    ymax = max(max(v, c) for _, v, c in points) * 1.1
+    xs = [n for n, _, _ in points]
+    x = lambda n: left + (n - min(xs)) / max(max(xs) - min(xs), 1) * (width - left - 40)
+    y = lambda v: height - bottom - v / ymax * (height - top - bottom)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
+           '<rect width="100%" height="100%" fill="white"/>',
+           '<text x="10" y="20" font-size="14" font-weight="bold">throughput against nodes (all on this machine\'s cores)</text>',
+           f'<line x1="{left}" y1="{height - bottom}" x2="{width - 20}" y2="{height - bottom}" stroke="black"/>',
+           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>']
+    for i in range(5):
+        v = ymax * i / 4
+        out.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v / 1000:.0f}k/s</text>')
+    for n in xs:
+        out.append(f'<text x="{x(n):.1f}" y="{height - bottom + 16}" text-anchor="middle">{n} node{"s" if n > 1 else ""}</text>')
+    for idx, (label, colour) in enumerate((('/serviceValidate (owner-routing front)', '#1f5fbf'),
+                                           ('ST issue + validate cycle', '#d9822b'))):
+        pts = ' '.join(f'{x(p[0]):.1f},{y(p[1 + idx]):.1f}' for p in points)
+        out.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        for p in points:
+            out.append(f'<circle cx="{x(p[0]):.1f}" cy="{y(p[1 + idx]):.1f}" r="3" fill="{colour}"/>')
+            out.append(f'<text x="{x(p[0]) + 5:.1f}" y="{y(p[1 + idx]) - 5:.1f}">{p[1 + idx] / 1000:.1f}k</text>')
+        out.append(f'<text x="{left + 10}" y="{height - 12 - 14 * (1 - idx)}" fill="{colour}">{label}</text>')
+    out.append('</svg>')
+    return '\n'.join(out)
+
+
 def main(raw_path, out_dir):
     with open(raw_path) as f:
         raw = f.read()
@@ -82,16 +111,26 @@ def main(raw_path, out_dir):
         '# casd benchmark report', '',
         f'Run on {today} by `scripts/bench` on {machine()}.', '',
         'Every figure is measured in the same run as its baseline, on the same machine, by the same client code: the',
-        'bare axum handler for HTTP, the TCP ping-pong and Redis (primary + one replica, `SET` + `WAIT 1 0`) for',
-        'replicated writes. All nodes of a cluster and the load generator share the machine\'s cores, so cluster',
-        'figures are lower bounds for nodes on their own machines.', '',
+        'bare axum handler (`casd-load bare`) for HTTP, one node for clusters, the TCP ping-pong and Redis (primary +',
+        'one replica, `SET` + `WAIT 1 0`) for replicated writes. The load client is `casd-load` (Rust, keep-alive,',
+        'its own process). All nodes of a cluster, nginx and the load client share the machine\'s cores, so cluster',
+        'figures are lower bounds for nodes on their own machines. Server CPU per op is the casd processes\' and',
+        'nginx\'s user+system time over the timed part, divided by the operations.', '',
         '![latency chart](bench-latency.svg)', '',
+        '![nodes chart](bench-nodes.svg)', '',
         raw.strip(), '',
     ]
     with open(os.path.join(out_dir, 'bench-report.md'), 'w') as f:
         f.write('\n'.join(report))
     with open(os.path.join(out_dir, 'bench-latency.svg'), 'w') as f:
         f.write(svg(latency_rows(raw)))
+    nodes = raw_path + '.nodes.json'
+    if os.path.exists(nodes):
+        import json
+        with open(nodes) as f:
+            points = json.load(f)
+        with open(os.path.join(out_dir, 'bench-nodes.svg'), 'w') as f:
+            f.write(nodes_svg(points))
 
 
 if __name__ == '__main__':

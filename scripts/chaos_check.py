@@ -98,7 +98,8 @@ def ticket_hash(st):
 
 def check(history, faults, journals, ttl):
     violations, notes = [], []
-    nodes = sorted({e['node'] for e in history if isinstance(e.get('node'), int)})
+    # The casd nodes; node 0 is the nginx front, which no fault touches.
+    nodes = sorted({e['node'] for e in history if isinstance(e.get('node'), int) and e['node'] > 0})
     issued = {}
     for e in history:
         if e['op'] in ('login', 'sso', 'proxy') and e.get('ok') and e.get('st'):
@@ -111,6 +112,9 @@ def check(history, faults, journals, ttl):
             if born is not None and e['start'] > born + ttl + 2:
                 violations.append(('I4', e['node'], e['start'],
                                    f"{e['st'][:12]}… accepted {e['start'] - born:.1f} s after issue on node {e['node']}"))
+    via_front = [e for e in history if e.get('node') == 0]
+    notes.append(f'{len(via_front)} request(s) through the nginx front, '
+                 f'{sum(1 for e in via_front if e["op"] == "validate" and e.get("ok"))} of them successful validations')
     held = [e for e in history if e['op'] == 'validate' and e.get('held')]
     notes.append(f'{len(held)} ticket(s) held past their lifetime and validated (I4)')
     # I1 from the servers' journals.
@@ -252,7 +256,7 @@ def timeline(history, faults, violations, path):
                     band(n, down.pop(n), f['t'], COLOURS['kill'], 'killed')
     out.extend(svg for top, svg in bands if not top)
     for n in nodes:
-        out.append(f'<text x="10" y="{y[n] + 4}">node {n}</text>')
+        out.append(f'<text x="10" y="{y[n] + 4}">{"nginx front" if n == 0 else f"node {n}"}</text>')
     for e in events:
         colour = '#2e9e4f' if e.get('ok') else '#d63a3a'
         out.append(f'<line x1="{x(e["start"]):.1f}" x2="{x(e["start"]):.1f}" y1="{y[e["node"]] - 8}" y2="{y[e["node"]] + 8}" stroke="{colour}" stroke-width="0.6"/>')

@@ -3,11 +3,13 @@
 
 Each worker plays a browser and its applications against random nodes, as a round-robin load balancer would send
 them: log in (form on one node, POST on another), get service tickets by SSO, validate each ticket, sometimes twice
-at once on two nodes, and sometimes log out. After a logout it sometimes tries the old cookie again on some node
+at once on two nodes, and sometimes log out. With --front, 40 % of the requests after the login go through it
+instead (nginx with owner routing, recorded as node 0); logins stay direct, so that I2 knows each session's
+issuer. After a logout it sometimes tries the old cookie again on some node
 (I3 during the run), and now and then it holds a service ticket past its lifetime before validating it (I4).
 Every request is recorded, with its timing, as one JSON line.
 
-  chaos_clients.py --nodes N --seed S --duration SECONDS --history FILE [--workers W] [--ttl SECONDS]
+  chaos_clients.py --nodes N --seed S --duration SECONDS --history FILE [--workers W] [--ttl SECONDS] [--front URL]
   chaos_clients.py --nodes N --final --round R --history FILE   (after the heal: ask every node about every session)
 """
 import argparse
@@ -27,10 +29,11 @@ SERVICE = 'http://198.51.100.250:9/app'
 BACKEND = 'http://198.51.100.250:9/backend'
 PGTS = {}  # pgtIou -> pgtId, filled by the proxy callback server
 LOCK = threading.Lock()
+FRONT = None  # the nginx front's CAS URL (node 0), when there is one
 
 
 def base(node):
-    return f'http://198.51.100.{node}:8080/cas'
+    return FRONT if node == 0 else f'http://198.51.100.{node}:8080/cas'
 
 
 class History:
@@ -113,37 +116,43 @@ def logout(node, tgt):
 
 def worker(args, w, history, deadline):
     rng = random.Random(args.seed * 1000 + w)
-    nodes = list(range(1, args.nodes + 1))
+    direct = list(range(1, args.nodes + 1))
+
+    def pick():
+        """A node for the next request: through the front (node 0) 40 % of the time when there is one."""
+        return 0 if FRONT and rng.random() < 0.4 else rng.choice(direct)
+
     tgt = None
     held = []  # (due, st): service tickets kept past their lifetime on purpose
     while time.time() < deadline:
         if held and held[0][0] <= time.time():
             _, old = held.pop(0)
-            n = rng.choice(nodes)
+            n = pick()
             op(history, w, n, 'validate', lambda: validate(n, old), st=old, held=True)
             continue
         if tgt is None:
-            a, b = rng.choice(nodes), rng.choice(nodes)
+            a, b = rng.choice(direct), rng.choice(direct)
             r = op(history, w, b, 'login', lambda: login(a, b), form_node=a)
             if r['ok']:
                 tgt = r['tgt']
-                op(history, w, rng.choice(nodes), 'validate', lambda n=rng.choice(nodes), st=r['st']: validate(n, st), st=r['st'], tgt=tgt)
+                n = pick()
+                op(history, w, n, 'validate', lambda n=n, st=r['st']: validate(n, st), st=r['st'], tgt=tgt)
             else:
                 time.sleep(0.2)
             continue
         roll = rng.random()
         if roll < 0.08:
-            n = rng.choice(nodes)
+            n = pick()
             r = op(history, w, n, 'logout', lambda: logout(n, tgt), tgt=tgt)
             if rng.random() < 0.5:
                 # The old cookie again, on any node: once a confirmed logout has answered, no node that was reachable
                 # throughout may give SSO for it.
                 time.sleep(rng.uniform(0, 0.5))
-                m = rng.choice(nodes)
+                m = pick()
                 op(history, w, m, 'sso-after-logout', lambda: sso(m, tgt), tgt=tgt, confirmed=r['ok'])
             tgt = None
             continue
-        n = rng.choice(nodes)
+        n = pick()
         r = op(history, w, n, 'sso', lambda: sso(n, tgt), tgt=tgt)
         if not r['ok']:
             if r.get('form'):
@@ -155,14 +164,14 @@ def worker(args, w, history, deadline):
             continue
         if args.pgt_url and roll > 0.85:
             # A proxy: validate with a callback, get a PGT, ask another node for a PT, validate that on a third.
-            m = rng.choice(nodes)
+            m = pick()
             v = op(history, w, m, 'validate', lambda: validate_with_callback(m, st, args.pgt_url), st=st, tgt=tgt)
             if v['ok'] and v.get('pgt'):
-                m = rng.choice(nodes)
+                m = pick()
                 r = op(history, w, m, 'proxy', lambda: proxy(m, v['pgt']), tgt=tgt)
                 if r['ok']:
                     pt = r['st']
-                    pair = rng.sample(nodes, 2) if len(nodes) > 1 else (m, m)
+                    pair = rng.sample(direct, 2) if len(direct) > 1 else (m, m)
                     threads = [threading.Thread(target=lambda k=k: op(history, w, k, 'validate', lambda: proxy_validate(k, pt), st=pt, tgt=tgt))
                                for k in pair]
                     for t in threads:
@@ -172,7 +181,8 @@ def worker(args, w, history, deadline):
             continue
         if roll < 0.35:
             # Two applications validate the same ticket at once on two nodes: at most one may win.
-            n1, n2 = rng.sample(nodes, 2) if len(nodes) > 1 else (n, n)
+            n1, n2 = rng.sample(direct, 2) if len(direct) > 1 else (n, n)
+            n1 = pick() if rng.random() < 0.5 else n1
             threads = [threading.Thread(target=lambda m=m: op(history, w, m, 'validate', lambda: validate(m, st), st=st, tgt=tgt))
                        for m in (n1, n2)]
             for t in threads:
@@ -180,7 +190,7 @@ def worker(args, w, history, deadline):
             for t in threads:
                 t.join()
         else:
-            m = rng.choice(nodes)
+            m = pick()
             op(history, w, m, 'validate', lambda: validate(m, st), st=st, tgt=tgt)
         time.sleep(rng.uniform(0, 0.05))
 
@@ -209,8 +219,11 @@ def main():
     p.add_argument('--final', action='store_true')
     p.add_argument('--round', type=int, default=1)
     p.add_argument('--ttl', type=float, default=10.0, help="the nodes' service ticket lifetime")
+    p.add_argument('--front', default=None, help='the nginx front\'s CAS URL')
     p.add_argument('--callback', nargs=3, metavar=('ADDR', 'CERT', 'KEY'), help='serve a pgtUrl here')
     args = p.parse_args()
+    global FRONT
+    FRONT = args.front
     args.pgt_url = serve_callbacks(*args.callback) if args.callback else None
     history = History(args.history)
     if args.final:

@@ -76,6 +76,20 @@ struct Load {
     /// A name for the JSON line.
     #[arg(long, default_value = "run")]
     name: String,
+    /// Server processes whose CPU time (user + system, from /proc) over the timed part is reported per operation.
+    #[arg(long, value_delimiter = ',')]
+    cpu_of: Vec<u32>,
+}
+
+/// User + system CPU time of `pids`, in clock ticks (100 per second on Linux).
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
 }
 
 #[derive(Args, Clone)]
@@ -129,7 +143,10 @@ impl Conn {
             req = req.header(*k, *v);
         }
         let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        self.send.ready().await?;
+        if self.send.ready().await.is_err() {
+            // The server closed the keep-alive connection (a proxy's per-connection request limit): dial again.
+            *self = Self::open(&self.host).await?;
+        }
         let resp = self.send.send_request(req).await?;
         let (parts, body) = resp.into_parts();
         Ok((parts.status.as_u16(), parts.headers, body.collect().await?.to_bytes()))
@@ -150,7 +167,8 @@ impl Cas {
     async fn login(&self, base: &str) -> anyhow::Result<String> {
         let (host, prefix) = origin(base)?;
         let mut c = Conn::open(&host).await?;
-        let (status, _, page) = c.call("GET", &format!("{prefix}/login?service={}", enc(&self.service)), &[], None).await?;
+        let (status, _, page) =
+            c.call("GET", &format!("{prefix}/login?service={}", enc(&self.service)), &[], None).await?;
         let page = String::from_utf8_lossy(&page);
         let lt = between(&page, "name=\"lt\" value=\"", "\"").ok_or_else(|| anyhow!("no login form ({status})"))?;
         let form = format!(
@@ -213,7 +231,8 @@ fn due(start: Instant, rate: Option<f64>, i: usize) -> Instant {
 }
 
 /// Latencies in microseconds, errors, elapsed time: the JSON line.
-fn report(name: &str, mut latencies: Vec<u32>, errors: usize, elapsed: Duration, rate: Option<f64>) {
+fn report(load: &Load, mut latencies: Vec<u32>, errors: usize, elapsed: Duration, cpu_ticks: u64) {
+    let (name, rate) = (&load.name, load.rate);
     latencies.sort_unstable();
     let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)));
     let line = serde_json::json!({
@@ -227,21 +246,20 @@ fn report(name: &str, mut latencies: Vec<u32>, errors: usize, elapsed: Duration,
         "p99_us": pct(0.99),
         "p999_us": pct(0.999),
         "max_us": latencies.last(),
+        "server_cpu_us": (cpu_ticks as f64 * 10_000.0) / latencies.len().max(1) as f64,
     });
     println!("{line}");
 }
 
 /// Runs `load.requests` calls of `step` over `workers` workers, each with its own state; returns the latencies.
-async fn drive<S, F>(load: &Load, states: Vec<S>, step: F) -> (Vec<u32>, usize, Duration)
+async fn drive<S, F>(load: &Load, states: Vec<S>, step: F) -> (Vec<u32>, usize, Duration, u64)
 where
     S: Send + 'static,
-    F: for<'a> Fn(&'a mut S, usize) -> futures_util::future::BoxFuture<'a, anyhow::Result<()>>
-        + Send
-        + Sync
-        + 'static,
+    F: for<'a> Fn(&'a mut S, usize) -> futures_util::future::BoxFuture<'a, anyhow::Result<()>> + Send + Sync + 'static,
 {
     let step = Arc::new(step);
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = cpu_ticks(&load.cpu_of);
     let start = Instant::now();
     let (total, rate) = (load.requests, load.rate);
     let workers: Vec<_> = states
@@ -278,7 +296,8 @@ where
         all.extend(l);
         errors += e;
     }
-    (all, errors, start.elapsed())
+    let elapsed = start.elapsed();
+    (all, errors, elapsed, cpu_ticks(&load.cpu_of) - cpu_before)
 }
 
 async fn bare(listen: SocketAddr) -> anyhow::Result<()> {
@@ -287,9 +306,12 @@ async fn bare(listen: SocketAddr) -> anyhow::Result<()> {
         axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
     ) -> String {
         let user = q.get("ticket").and_then(|t| map.get(t).map(|v| v.clone())).unwrap_or_default();
-        format!("<cas:serviceResponse><cas:authenticationSuccess><cas:user>{user}</cas:user></cas:authenticationSuccess></cas:serviceResponse>")
+        format!(
+            "<cas:serviceResponse><cas:authenticationSuccess><cas:user>{user}</cas:user></cas:authenticationSuccess></cas:serviceResponse>"
+        )
     }
-    let map: Arc<DashMap<String, String>> = Arc::new((0..1000).map(|i| (format!("ST-{i}"), "casuser".into())).collect());
+    let map: Arc<DashMap<String, String>> =
+        Arc::new((0..1000).map(|i| (format!("ST-{i}"), "casuser".into())).collect());
     let app = axum::Router::new().route("/lookup", axum::routing::get(lookup)).with_state(map);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("http://{}/lookup", listener.local_addr()?);
@@ -307,14 +329,14 @@ async fn main() -> anyhow::Result<()> {
             for _ in 0..load.connections {
                 conns.push((Conn::open(&host).await?, path.clone()));
             }
-            let (lat, errors, elapsed) = drive(&load, conns, |(c, path), i| {
+            let (lat, errors, elapsed, cpu) = drive(&load, conns, |(c, path), i| {
                 Box::pin(async move {
                     let (_, _, body) = c.call("GET", &format!("{path}?ticket=ST-{}", i % 1000), &[], None).await?;
                     if body.windows(10).any(|w| w == b"<cas:user>") { Ok(()) } else { bail!("empty lookup") }
                 })
             })
             .await;
-            report(&load.name, lat, errors, elapsed, load.rate);
+            report(&load, lat, errors, elapsed, cpu);
             Ok(())
         }
         Command::Validate { cas, load } => {
@@ -356,7 +378,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 states.push((owned, issued.clone(), cas.service.clone()));
             }
-            let (lat, errors, elapsed) = drive(&load, states, |(owned, issued, service), i| {
+            let (lat, errors, elapsed, cpu) = drive(&load, states, |(owned, issued, service), i| {
                 Box::pin(async move {
                     let (base, ticket) = &issued[i];
                     let target = match owned.get_mut(base) {
@@ -367,7 +389,7 @@ async fn main() -> anyhow::Result<()> {
                 })
             })
             .await;
-            report(&load.name, lat, errors, elapsed, load.rate);
+            report(&load, lat, errors, elapsed, cpu);
             Ok(())
         }
         Command::Cycle { cas, load } => {
@@ -380,14 +402,14 @@ async fn main() -> anyhow::Result<()> {
                 let validate = Target::open(cas.via.as_deref().unwrap_or(&base)).await?;
                 states.push((issue, validate, tgc, cas.service.clone()));
             }
-            let (lat, errors, elapsed) = drive(&load, states, |(issue, validate, tgc, service), _| {
+            let (lat, errors, elapsed, cpu) = drive(&load, states, |(issue, validate, tgc, service), _| {
                 Box::pin(async move {
                     let ticket = issue.issue(service, tgc).await?;
                     validate.validate(service, &ticket).await
                 })
             })
             .await;
-            report(&load.name, lat, errors, elapsed, load.rate);
+            report(&load, lat, errors, elapsed, cpu);
             Ok(())
         }
     }

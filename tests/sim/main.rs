@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use casd::cluster::replication::digest::{all_buckets, plan_pulls};
@@ -229,7 +228,8 @@ async fn run(seed: u64) -> Result<(), String> {
                 };
                 st.insert(&id, ticket).await.map_err(|e| format!("st insert: {e}"))?;
                 // The one replicated write of an issue: the session's service grant, for single logout.
-                let grant = TgtChange::Granted { ticket: id.to_string(), service: "https://app/".into(), at: step as u64 };
+                let grant =
+                    TgtChange::Granted { ticket: id.to_string(), service: "https://app/".into(), at: step as u64 };
                 tgt.change(&session_id, grant).await.map_err(|e| format!("grant: {e}"))?;
                 h.issued.insert(id.to_string(), (session.clone(), i));
                 // One-time tickets stay where they are decided: no reachable peer holds a copy.
@@ -425,7 +425,8 @@ async fn a_broken_owner_check_is_caught() {
     assert!(maps(0).take(&id).await.expect("owner decides").is_some(), "the owner consumes once");
     assert!(maps(1).take(&id).await.is_err(), "the cut-off node may not decide: it fails closed");
     // Without the owner rule (copies everywhere, consumed by any node), the cut-off side succeeds a second time.
-    let unsafe_policy = MapPolicy { consumption: Consumption::AnyNode, copies: Copies::Everywhere, ..policy(MapId::St) };
+    let unsafe_policy =
+        MapPolicy { consumption: Consumption::AnyNode, copies: Copies::Everywhere, ..policy(MapId::St) };
     let unsafe_map: ReplicatedMap<ServiceTicket> =
         ReplicatedMap::new(unsafe_policy, Arc::new(SimReplicas { world: world.clone(), me: 1 }));
     unsafe_map.apply(&Entry::Live { id: id.to_string(), value: postcard::to_allocvec(&st).expect("ser") });
