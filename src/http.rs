@@ -15,7 +15,6 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -136,7 +135,6 @@ pub async fn serve(
         held: dashmap::DashMap::new(),
     });
     let request_timeout = limits.request_timeout;
-    let router = router.layer(axum::middleware::from_fn(move |request, next| within(request_timeout, request, next)));
     while let Some((stream, client)) = next_connection(&listener, &stop, "http").await {
         let Some(held) = PerAddress::take(&per_address, client.ip()) else {
             tracing::debug!(%client, "connection refused: http.max_connections_per_address reached");
@@ -147,7 +145,7 @@ pub async fn serve(
             continue;
         };
         let slot = (slot, held);
-        let app = router.clone().layer(axum::Extension(ConnectInfo::<SocketAddr>(client)));
+        let app = ConnectionService { router: router.clone(), client, request_timeout };
         let stops = stops.clone();
         let header_timeout = limits.header_timeout;
         match &tls {
@@ -177,7 +175,13 @@ pub async fn serve(
 }
 
 /// Serves one connection; on a graceful stop, the request in flight finishes and the connection closes.
-async fn serve_connection<S>(stream: S, app: Router, client: SocketAddr, header_timeout: Duration, stops: Stops)
+async fn serve_connection<S>(
+    stream: S,
+    app: ConnectionService,
+    client: SocketAddr,
+    header_timeout: Duration,
+    stops: Stops,
+)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -189,7 +193,7 @@ where
         .max_concurrent_streams(H2_MAX_STREAMS)
         .keep_alive_interval(Some(header_timeout))
         .keep_alive_timeout(Duration::from_secs(10));
-    let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app)));
+    let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), app));
     let outcome = tokio::select! {
         outcome = connection.as_mut() => outcome,
         _ = stops.graceful.cancelled() => {
@@ -205,15 +209,32 @@ where
     }
 }
 
-/// Answers 503 when the handler takes longer than `limit` (a request body trickling in counts).
-async fn within(
-    limit: Duration,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "request took too long\n").into_response(),
+/// The router as one connection's hyper service: it puts the client's address into each request (as
+/// `ConnectInfo`, which the handlers extract) and answers 503 when a request takes longer than `request_timeout` (a
+/// body trickling in counts). Done here rather than as router layers: a layer added per connection rebuilt every
+/// route at each accept, and a `from_fn` layer cost each request a boxed future and a clone of the whole router.
+#[derive(Clone)]
+struct ConnectionService {
+    router: Router,
+    client: SocketAddr,
+    request_timeout: Duration,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnectionService {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, mut request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        use axum::response::IntoResponse;
+        use tower_service::Service;
+        request.extensions_mut().insert(ConnectInfo::<SocketAddr>(self.client));
+        let (mut router, limit) = (self.router.clone(), self.request_timeout);
+        Box::pin(async move {
+            match tokio::time::timeout(limit, router.call(request)).await {
+                Ok(response) => response,
+                Err(_) => Ok((axum::http::StatusCode::SERVICE_UNAVAILABLE, "request took too long\n").into_response()),
+            }
+        })
     }
 }
