@@ -181,8 +181,7 @@ async fn serve_connection<S>(
     client: SocketAddr,
     header_timeout: Duration,
     stops: Stops,
-)
-where
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut builder = Builder::new(TokioExecutor::new());
