@@ -1,6 +1,5 @@
 //! Response bodies of the validation and proxy endpoints: CAS 1.0 text, CAS 2.0/3.0 XML and JSON. Pure functions.
 
-use std::fmt::Write;
 
 use super::error::CasFailure;
 
@@ -31,6 +30,17 @@ const NS: &str = "http://www.yale.edu/tp/cas";
 /// hostile ticket id still gets a well-formed document.
 pub fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
+    push_escaped(&mut out, s);
+    out
+}
+
+/// Appends `s` to `out`, escaped for XML text and attribute values.
+fn push_escaped(out: &mut String, s: &str) {
+    if !s.bytes().any(|b| matches!(b, b'&' | b'<' | b'>' | b'"' | b'\'' | 0..=0x1f | 0xef)) {
+        // Nothing to escape (0xef leads U+FFFE and U+FFFF): one copy, the common case for names and attributes.
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),
@@ -43,7 +53,18 @@ pub fn xml_escape(s: &str) -> String {
             c => out.push(c),
         }
     }
-    out
+}
+
+/// `<cas:NAME>VALUE</cas:NAME>` and a newline, with the value escaped, straight into `out`.
+fn push_element(out: &mut String, indent: &str, name: &str, value: &str) {
+    out.push_str(indent);
+    out.push_str("<cas:");
+    out.push_str(name);
+    out.push('>');
+    push_escaped(out, value);
+    out.push_str("</cas:");
+    out.push_str(name);
+    out.push_str(">\n");
 }
 
 /// Attribute names become element names, so only XML NCNames can be released in XML.
@@ -64,32 +85,31 @@ pub fn v1_failure() -> &'static str {
 }
 
 /// CAS 2.0/3.0 XML success, children in the XSD order: user, attributes, proxyGrantingTicket, proxies.
+/// Written into one buffer with no intermediate strings: this is every successful validation's response.
 pub fn xml_success(s: &Success) -> String {
-    let mut x = format!(
-        "<cas:serviceResponse xmlns:cas=\"{NS}\">\n  <cas:authenticationSuccess>\n    <cas:user>{}</cas:user>\n",
-        xml_escape(&s.user)
-    );
+    let mut x = String::with_capacity(1024);
+    x.push_str("<cas:serviceResponse xmlns:cas=\"");
+    x.push_str(NS);
+    x.push_str("\">\n  <cas:authenticationSuccess>\n");
+    push_element(&mut x, "    ", "user", &s.user);
     if let Some(attributes) = &s.attributes {
         x.push_str("    <cas:attributes>\n");
         for (name, value) in attributes.iter().filter(|(n, _)| is_ncname(n)) {
-            let values = match value {
-                AttrValue::Text(t) => vec![xml_escape(t)],
-                AttrValue::Bool(b) => vec![b.to_string()],
-                AttrValue::Many(v) => v.iter().map(|t| xml_escape(t)).collect(),
-            };
-            for v in values {
-                let _ = writeln!(x, "      <cas:{name}>{v}</cas:{name}>");
+            match value {
+                AttrValue::Text(t) => push_element(&mut x, "      ", name, t),
+                AttrValue::Bool(b) => push_element(&mut x, "      ", name, if *b { "true" } else { "false" }),
+                AttrValue::Many(v) => v.iter().for_each(|t| push_element(&mut x, "      ", name, t)),
             }
         }
         x.push_str("    </cas:attributes>\n");
     }
     if let Some(iou) = &s.pgt_iou {
-        let _ = writeln!(x, "    <cas:proxyGrantingTicket>{}</cas:proxyGrantingTicket>", xml_escape(iou));
+        push_element(&mut x, "    ", "proxyGrantingTicket", iou);
     }
     if !s.proxies.is_empty() {
         x.push_str("    <cas:proxies>\n");
         for p in &s.proxies {
-            let _ = writeln!(x, "      <cas:proxy>{}</cas:proxy>", xml_escape(p));
+            push_element(&mut x, "      ", "proxy", p);
         }
         x.push_str("    </cas:proxies>\n");
     }
