@@ -57,6 +57,9 @@ pub struct Config {
     pub proxy: ProxyConfig,
     #[serde(default)]
     pub slo: SloConfig,
+    /// Outgoing TLS: what casd trusts when it calls services.
+    #[serde(default)]
+    pub tls: OutgoingTlsSection,
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]
@@ -410,7 +413,22 @@ pub struct ProxyConfig {
     /// Timeout of the `pgtUrl` callback.
     #[serde(with = "humantime_serde")]
     pub callback_timeout: Duration,
-    /// Extra CA certificates (PEM) trusted for `pgtUrl` callbacks, for services behind a private CA.
+    /// The old name of `tls.client.extra_ca_file`, still read (with a warning at start) so that old configs work.
+    pub extra_ca_file: Option<PathBuf>,
+}
+
+/// `[tls.client]`: trust for every HTTPS call casd makes.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutgoingTlsSection {
+    pub client: TlsClientConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsClientConfig {
+    /// Extra CA certificates (PEM), trusted besides the built-in web roots for pgtUrl callbacks and back-channel
+    /// single logout: for services behind a private CA.
     pub extra_ca_file: Option<PathBuf>,
 }
 
@@ -486,6 +504,7 @@ impl Config {
             };
             relative(&mut config.auth.users_file);
             relative(&mut config.proxy.extra_ca_file);
+            relative(&mut config.tls.client.extra_ca_file);
             if let Some(tls) = config.http.tls.as_mut() {
                 tls.cert_file = dir.join(&tls.cert_file);
                 tls.key_file = dir.join(&tls.key_file);
@@ -547,6 +566,11 @@ impl Config {
             .map_err(|e| self.invalid(key_name, "<hidden>", &format!("{e}; make one with `casd keygen`")))
     }
 
+    /// The extra CAs for outgoing HTTPS: `tls.client.extra_ca_file`, or its old name `proxy.extra_ca_file`.
+    pub fn outgoing_extra_ca_file(&self) -> Option<&Path> {
+        self.tls.client.extra_ca_file.as_deref().or(self.proxy.extra_ca_file.as_deref())
+    }
+
     fn invalid(&self, key: &str, value: impl ToString, reason: &str) -> ConfigError {
         ConfigError::Invalid {
             file: self.source.clone(),
@@ -576,6 +600,13 @@ impl Config {
                 if self.http.tls.is_some() { "set" } else { "unset" },
                 "choose exactly one of [http.tls] (casd terminates TLS), http.tls_terminated_upstream = true (a proxy \
                  does) or http.allow_plain_http = true (development only)",
+            ));
+        }
+        if let (Some(old), Some(_)) = (&self.proxy.extra_ca_file, &self.tls.client.extra_ca_file) {
+            return Err(self.invalid(
+                "proxy.extra_ca_file",
+                old.display(),
+                "is the old name of tls.client.extra_ca_file, which is also set; keep only tls.client.extra_ca_file",
             ));
         }
         let cookie = &self.cookie.name;
@@ -772,6 +803,23 @@ mod tests {
         let text = EMBEDDED_DEFAULT.replace("name = \"casd1\"", "name = \"cas-1.example\"");
         let e = Config::parse(&text, "c.toml").and_then(Config::resolve).err().expect("refused").to_string();
         assert!(e.contains("node.name") && e.contains("cas-1.example"), "{e}");
+    }
+
+    /// `proxy.extra_ca_file` still works as the old name of `tls.client.extra_ca_file`; both at once is refused.
+    #[test]
+    fn outgoing_ca_file_old_and_new_names() {
+        let old = EMBEDDED_DEFAULT.replace("[proxy]\n", "[proxy]\nextra_ca_file = \"ca.pem\"\n");
+        let c = Config::parse(&old, "/etc/casd/o.toml").and_then(Config::resolve).expect("the old name still works");
+        assert_eq!(c.config.outgoing_extra_ca_file(), Some(Path::new("/etc/casd/ca.pem")));
+        let new = format!("{EMBEDDED_DEFAULT}\n[tls.client]\nextra_ca_file = \"ca2.pem\"\n");
+        let c = Config::parse(&new, "/etc/casd/n.toml").and_then(Config::resolve).expect("the new name");
+        assert_eq!(c.config.outgoing_extra_ca_file(), Some(Path::new("/etc/casd/ca2.pem")));
+        let both = format!("{old}\n[tls.client]\nextra_ca_file = \"ca2.pem\"\n");
+        let e = Config::parse(&both, "b.toml").and_then(Config::resolve).err().expect("refused").to_string();
+        assert!(
+            e.starts_with("b.toml: proxy.extra_ca_file: ") && e.contains("keep only tls.client.extra_ca_file"),
+            "{e}"
+        );
     }
 
     #[test]

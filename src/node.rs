@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Argon2Pool, Throttle, ThrottleLimits, UsersFile};
+use crate::cas::outgoing_tls::ExtraRoots;
 use crate::cas::{self, App, cookie::TgcCookie, pages::Pages, pgt_callback::PgtCallback, slo::SloSender};
 use crate::clock::now_ms;
 use crate::cluster::replication::{Readiness, Replicator, StateTransfer};
@@ -31,6 +32,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("proxy callback client: {0}")]
     Callback(#[from] cas::pgt_callback::CallbackSetupError),
+    #[error("tls.client.extra_ca_file: {0}")]
+    Trust(#[from] cas::outgoing_tls::TrustError),
     #[error("single logout client: {0}")]
     Slo(String),
     #[error("lab.consume_journal: cannot open {0}")]
@@ -178,7 +181,13 @@ fn build_app(
             .with_logout_quorum(logout_quorum)
             .with_journal(journal),
     );
-    let slo = SloSender::new(config.slo.enabled, config.slo.timeout, config.slo.max_concurrency)
+    if config.proxy.extra_ca_file.is_some() {
+        tracing::warn!(
+            "proxy.extra_ca_file is read as tls.client.extra_ca_file, its new name, and now also applies to single logout"
+        );
+    }
+    let roots = ExtraRoots::load(config.outgoing_extra_ca_file())?;
+    let slo = SloSender::new(config.slo.enabled, config.slo.timeout, config.slo.max_concurrency, &roots)
         .map_err(|e| StartError::Slo(e.to_string()))?;
     Ok(App {
         base_path: config.http.base_path.clone(),
@@ -201,7 +210,7 @@ fn build_app(
             secure: !config.http.allow_plain_http,
         },
         slo: Arc::new(slo),
-        pgt_callback: PgtCallback::new(config.proxy.callback_timeout, config.proxy.extra_ca_file.as_deref())?,
+        pgt_callback: PgtCallback::new(config.proxy.callback_timeout, &roots)?,
         cas2_attributes: config.protocol.cas2_attributes,
         metrics: Default::default(),
     })

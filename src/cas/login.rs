@@ -202,6 +202,7 @@ pub async fn submit(
     for ended in app.registry.cap_sessions(&user, &tgt, now).await {
         app.slo.notify(&app.services, &ended);
     }
+    end_replaced_session(&app, &headers).await;
     tracing::info!(tgt = %tgt.redacted(), "login succeeded");
     app.metrics.logins_ok.fetch_add(1, Ordering::Relaxed);
     app.metrics.issued(TicketKind::Tgt);
@@ -226,6 +227,27 @@ pub async fn submit(
         response.headers_mut().append(SET_COOKIE, v);
     }
     response
+}
+
+/// A login from a browser that still holds a session cookie (a `renew=true` login, or a second login over SSO)
+/// replaces that session, as Apereo does: the old TGT ends here, with single logout to the services it reached and
+/// its PGTs made useless, rather than living on beside the new cookie until its idle or maximum limit.
+async fn end_replaced_session(app: &AppState, headers: &HeaderMap) {
+    let Some(old) = app.cookie.read(headers) else { return };
+    match app.registry.logout(&old).await {
+        Ok(ended) => {
+            if let Some(tgt) = &ended.tgt {
+                tracing::info!(
+                    services = tgt.services.len(),
+                    confirmed = ended.confirmed,
+                    "replaced sso session ended"
+                );
+                app.slo.notify(&app.services, tgt);
+            }
+        }
+        // The new session stands; the old one still ends at its own limits.
+        Err(e) => tracing::warn!(error = %e, "the replaced sso session could not be ended"),
+    }
 }
 
 async fn show_form(app: &AppState, status: StatusCode, p: &Params, error: Option<&str>, username: &str) -> Response {

@@ -9,6 +9,7 @@ pub mod login;
 mod logout;
 pub mod metrics;
 mod origin;
+pub mod outgoing_tls;
 pub mod pages;
 pub mod params;
 pub mod pgt_callback;

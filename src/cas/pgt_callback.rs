@@ -1,8 +1,9 @@
 //! The proxy callback client (CAS 3.0 §2.5.4): a GET to `pgtUrl?pgtIou=...&pgtId=...` over HTTPS with certificate
 //! verification. Only HTTP 200 counts as delivered; redirects are not followed.
 
-use std::path::Path;
 use std::time::Duration;
+
+use super::outgoing_tls::ExtraRoots;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallbackError {
@@ -15,37 +16,19 @@ pub enum CallbackError {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CallbackSetupError {
-    #[error("{file}: cannot read: {source}")]
-    Read { file: String, source: std::io::Error },
-    #[error("{file}: not a PEM certificate bundle: {detail}")]
-    Pem { file: String, detail: String },
-    #[error("cannot build the HTTPS client: {0}")]
-    Client(String),
-}
+#[error("cannot build the HTTPS client for proxy callbacks: {0}")]
+pub struct CallbackSetupError(String);
 
 pub struct PgtCallback {
     client: reqwest::Client,
 }
 
 impl PgtCallback {
-    /// `extra_ca_file` adds PEM certificates to the trusted roots, for services behind a private CA.
-    pub fn new(timeout: Duration, extra_ca_file: Option<&Path>) -> Result<Self, CallbackSetupError> {
-        let mut builder =
+    /// `roots` adds CAs to the built-in ones, for services behind a private CA.
+    pub fn new(timeout: Duration, roots: &ExtraRoots) -> Result<Self, CallbackSetupError> {
+        let builder =
             reqwest::Client::builder().timeout(timeout).https_only(true).redirect(reqwest::redirect::Policy::none());
-        if let Some(path) = extra_ca_file {
-            let file = path.display().to_string();
-            let pem = std::fs::read(path).map_err(|source| CallbackSetupError::Read { file: file.clone(), source })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| CallbackSetupError::Pem { file: file.clone(), detail: e.to_string() })?;
-            if certs.is_empty() {
-                return Err(CallbackSetupError::Pem { file, detail: "no certificate found".into() });
-            }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let client = builder.build().map_err(|e| CallbackSetupError::Client(e.to_string()))?;
+        let client = roots.apply(builder).build().map_err(|e| CallbackSetupError(e.to_string()))?;
         Ok(Self { client })
     }
 

@@ -1,6 +1,5 @@
 //! Response bodies of the validation and proxy endpoints: CAS 1.0 text, CAS 2.0/3.0 XML and JSON. Pure functions.
 
-
 use super::error::CasFailure;
 
 /// One attribute value as released in a validation response.

@@ -71,7 +71,9 @@ pub async fn validate(State(app): State<AppState>, Query(p): Query, body: Bytes)
                 Err("Ticket was not issued for this TARGET".to_owned())
             }
             Ok(c) => {
-                let service = app.services.find(&c.ticket.service);
+                // CAS 3.0 §4.2: attributes MUST NOT be released to a non-SSL site. The user is still authenticated.
+                let secure = target.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+                let service = app.services.find(&c.ticket.service).filter(|_| secure);
                 let principal = Principal {
                     id: c.tgt.principal.id.clone(),
                     attributes: c

@@ -16,6 +16,7 @@ use dashmap::DashMap;
 use rand::Rng;
 use tokio::sync::Semaphore;
 
+use super::outgoing_tls::ExtraRoots;
 use super::render::xml_escape;
 use super::services::ServiceRegistry;
 use crate::ticket::Tgt;
@@ -43,8 +44,15 @@ pub struct SloCounts {
 }
 
 impl SloSender {
-    pub fn new(enabled: bool, timeout: Duration, max_concurrency: usize) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none()).build()?;
+    /// `roots` adds CAs to the built-in ones, for https services behind a private CA (`tls.client.extra_ca_file`).
+    pub fn new(
+        enabled: bool,
+        timeout: Duration,
+        max_concurrency: usize,
+        roots: &ExtraRoots,
+    ) -> Result<Self, reqwest::Error> {
+        let builder = reqwest::Client::builder().timeout(timeout).redirect(reqwest::redirect::Policy::none());
+        let client = roots.apply(builder).build()?;
         Ok(Self {
             enabled,
             client,

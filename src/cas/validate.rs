@@ -1,5 +1,6 @@
 //! The validation endpoints: `/validate` (CAS 1.0), `/serviceValidate` and `/proxyValidate` (2.0),
-//! `/p3/serviceValidate` and `/p3/proxyValidate` (3.0), with `format=JSON` and the `pgtUrl` proxy callback.
+//! `/p3/serviceValidate` and `/p3/proxyValidate` (3.0), with `format=JSON` and the `pgtUrl` proxy callback (2.0 and
+//! 3.0 only).
 //!
 //! Every attempt consumes the ticket before anything is decided (§3.1.1): a second attempt is `INVALID_TICKET` even
 //! when the first failed.
@@ -124,7 +125,10 @@ async fn validate(app: &AppState, p: &Params, endpoint: Endpoint) -> Result<Succ
     let Some(registered) = app.services.find(&st.service) else {
         return Err(CasFailure::new(CasCode::InvalidService, "The service is no longer registered"));
     };
-    let pgt_iou = match p.get("pgtUrl") {
+    // CAS 1.0 has no proxying: `/validate` ignores a pgtUrl rather than calling it (a callback answering 404 would
+    // otherwise turn a valid ticket into `no`).
+    let pgt_url = p.get("pgtUrl").filter(|_| endpoint != Endpoint::V1);
+    let pgt_iou = match pgt_url {
         Some(pgt_url) => {
             if !registered.may_proxy() {
                 return Err(CasFailure::new(

@@ -153,3 +153,19 @@ async fn proxy_endpoint_errors_and_pgt_dies_with_its_tgt() {
     assert_eq!(failure_code(&body).as_deref(), Some("INVALID_TICKET"), "{body}");
     node.shutdown().await;
 }
+
+/// CAS 1.0 has no proxying: `/validate` ignores a pgtUrl. The callback is never called, so one answering 404 cannot
+/// turn a valid ticket into `no`, and no PGT exists.
+#[tokio::test]
+async fn cas1_validate_ignores_pgt_url() {
+    let ca = TestCa::new();
+    let not_found = HttpsApp::start(404, &ca).await;
+    let node = start(|c| c.tls.client.extra_ca_file = Some(ca.pem_file.clone())).await;
+    let mut b = Browser::new(&node);
+    let st = b.login(APP).await;
+    let body = call(&node, "/validate", &[("service", APP), ("ticket", &st), ("pgtUrl", &not_found.url)]).await;
+    assert_eq!(body, format!("yes\n{USER}\n"));
+    assert_eq!(not_found.accepted.load(std::sync::atomic::Ordering::Relaxed), 0, "no connection to the pgtUrl");
+    assert!(not_found.queries().is_empty());
+    node.shutdown().await;
+}

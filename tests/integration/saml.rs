@@ -25,6 +25,7 @@ async fn saml(node: &casd::NodeHandle, target: &str, body: String) -> String {
 
 #[tokio::test]
 async fn saml_validate_succeeds_once_with_attributes() {
+    const APP: &str = "https://127.0.0.1:9/app";
     let node = start(|_| {}).await;
     let mut b = Browser::new(&node);
     let st = b.login(APP).await;
@@ -51,5 +52,18 @@ async fn saml_validate_refuses_wrong_target_and_garbage() {
     assert!(body.contains("RequestDenied") && body.contains("TARGET"), "{body}");
     let body = saml(&node, APP, "<not-soap".into()).await;
     assert!(body.contains("RequestDenied"), "{body}");
+    node.shutdown().await;
+}
+
+/// CAS 3.0 §4.2: no attributes for a TARGET that is not https. The user is still authenticated.
+#[tokio::test]
+async fn saml_validate_releases_no_attributes_to_an_http_target() {
+    let node = start(|_| {}).await;
+    let mut b = Browser::new(&node);
+    let st = b.login(APP).await;
+    let body = saml(&node, APP, envelope(&st)).await;
+    assert!(body.contains(r#"<saml1p:StatusCode Value="saml1p:Success"/>"#), "{body}");
+    assert!(body.contains("<saml1:NameIdentifier>casuser</saml1:NameIdentifier>"), "{body}");
+    assert!(!body.contains("AttributeStatement") && !body.contains("AttributeValue"), "{body}");
     node.shutdown().await;
 }

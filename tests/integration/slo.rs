@@ -149,3 +149,86 @@ async fn a_session_of_hanging_services_does_not_delay_another_users_logout() {
     assert!(asked.elapsed() < Duration::from_secs(2), "it waited {:?} behind the hanging ones", asked.elapsed());
     node.shutdown().await;
 }
+
+/// Back-channel single logout reaches an https service behind a private CA once `tls.client.extra_ca_file` names it
+/// (or `proxy.extra_ca_file`, its old name); without it the delivery fails on the unknown issuer and is counted.
+#[tokio::test]
+async fn slo_reaches_an_https_service_under_a_private_ca() {
+    let ca = TestCa::new();
+    type Adjust = fn(&mut casd::Config, std::path::PathBuf);
+    let trusting: [(&str, Adjust); 3] = [
+        ("tls.client.extra_ca_file", |c, f| c.tls.client.extra_ca_file = Some(f)),
+        ("proxy.extra_ca_file", |c, f| c.proxy.extra_ca_file = Some(f)),
+        ("nothing", |_, _| {}),
+    ];
+    for (key, adjust) in trusting {
+        let app = HttpsApp::start(200, &ca).await;
+        let pem = ca.pem_file.clone();
+        let node = start(move |c| adjust(c, pem)).await;
+        let mut b = Browser::new(&node);
+        let st = b.login(&app.url).await;
+        assert_eq!(b.get("/logout").await.status, 200);
+        wait_until(Duration::from_secs(5), "the https delivery to end", || async {
+            let c = node.slo_counts();
+            c.sent + c.failed == 1
+        })
+        .await;
+        if key == "nothing" {
+            assert_eq!(node.slo_counts().failed, 1, "an unknown CA is not trusted");
+            assert!(app.seen.lock().expect("lock").is_empty(), "nothing sent over an untrusted connection");
+        } else {
+            assert_eq!(node.slo_counts().sent, 1, "{key}");
+            let seen = app.seen.lock().expect("lock").clone();
+            assert_eq!(seen.len(), 1, "{key}");
+            assert_eq!(seen[0].0, "POST");
+            assert_eq!(session_index(&seen[0].2), Some(st), "{key}");
+        }
+        node.shutdown().await;
+    }
+}
+
+/// A `renew=true` login replaces the browser's session (as Apereo does): the services reached before it get their
+/// single logout at once, the old cookie gives no SSO, and the old session's PGTs issue no proxy ticket. The new
+/// session's own services get theirs at its logout, and the old ones no second one.
+#[tokio::test]
+async fn a_renewed_login_ends_the_session_it_replaces() {
+    let ca = TestCa::new();
+    let callback = HttpsApp::start(200, &ca).await;
+    let (before, after) = (AppServer::start().await, AppServer::start().await);
+    let node = start(|c| c.tls.client.extra_ca_file = Some(ca.pem_file.clone())).await;
+    let mut b = Browser::new(&node);
+    let st_before = b.login(&before.url).await;
+    let body =
+        call(&node, "/serviceValidate", &[("service", &before.url), ("ticket", &st_before), ("pgtUrl", &callback.url)])
+            .await;
+    assert!(body.contains("<cas:proxyGrantingTicket>"), "{body}");
+    let query = callback.queries().pop().expect("the callback got the PGT");
+    let pgt = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "pgtId")
+        .map(|(_, v)| v.into_owned())
+        .expect("pgtId");
+    let proxy = call(&node, "/proxy", &[("pgt", &pgt), ("targetService", "http://127.0.0.1:9/backend")]).await;
+    assert!(proxy.contains("<cas:proxySuccess>"), "the PGT works before the renew: {proxy}");
+    let old_tgc = b.tgc.clone().expect("a session");
+
+    let page = b.login_with(Some(&after.url), "&renew=true", USER, PASSWORD).await;
+    let st_after = ticket_of(&page);
+    assert_ne!(b.tgc.as_deref(), Some(old_tgc.as_str()), "a new cookie");
+    wait_until(Duration::from_secs(5), "the replaced session's single logout", || async { before.bodies().len() == 1 })
+        .await;
+    assert_eq!(session_index(&before.bodies()[0]), Some(st_before));
+
+    let mut old = Browser { tgc: Some(old_tgc), ..Browser::new(&node) };
+    let page = old.get(&format!("/login?service={}", enc(&before.url))).await;
+    assert_eq!((page.status, page.location), (200, None), "the old cookie gives no SSO");
+    let proxy = call(&node, "/proxy", &[("pgt", &pgt), ("targetService", "http://127.0.0.1:9/backend")]).await;
+    assert_eq!(failure_code(&proxy).as_deref(), Some("INVALID_TICKET"), "the old PGT is dead: {proxy}");
+
+    let body = call(&node, "/serviceValidate", &[("service", &after.url), ("ticket", &st_after)]).await;
+    assert_eq!(user_of(&body).as_deref(), Some(USER), "{body}");
+    assert_eq!(b.get("/logout").await.status, 200);
+    wait_until(Duration::from_secs(5), "the new session's single logout", || async { after.bodies().len() == 1 }).await;
+    assert_eq!(session_index(&after.bodies()[0]), Some(st_after));
+    assert_eq!(before.bodies().len(), 1, "no second logout for the replaced session");
+    node.shutdown().await;
+}
