@@ -68,15 +68,15 @@ impl Throttle {
     /// Whether an attempt may go ahead now.
     pub fn check(&self, username: &str, ip: IpAddr, now: EpochMs) -> Result<(), Throttled> {
         let window = self.window_ms();
-        if let Some(mut failures) = self.per_address.get_mut(&ip) {
-            if let Some(retry_after) = over(&mut failures, self.limits.max_failures_per_address as usize, window, now) {
-                return Err(Throttled { retry_after, per_address: true });
-            }
+        if let Some(mut failures) = self.per_address.get_mut(&ip)
+            && let Some(retry_after) = over(&mut failures, self.limits.max_failures_per_address as usize, window, now)
+        {
+            return Err(Throttled { retry_after, per_address: true });
         }
-        if let Some(mut failures) = self.per_account.get_mut(&Self::key(username, ip)) {
-            if let Some(retry_after) = over(&mut failures, self.limits.max_failures as usize, window, now) {
-                return Err(Throttled { retry_after, per_address: false });
-            }
+        if let Some(mut failures) = self.per_account.get_mut(&Self::key(username, ip))
+            && let Some(retry_after) = over(&mut failures, self.limits.max_failures as usize, window, now)
+        {
+            return Err(Throttled { retry_after, per_address: false });
         }
         Ok(())
     }

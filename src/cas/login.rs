@@ -151,10 +151,10 @@ pub async fn submit(
     // The form's fields first; a service given only in the query string still counts.
     let p = form.clone().merged(query);
     let service = p.get("service");
-    if let Some(s) = service {
-        if app.services.find(s).is_none() {
-            return unknown_service(&app, s);
-        }
+    if let Some(s) = service
+        && app.services.find(s).is_none()
+    {
+        return unknown_service(&app, s);
     }
     // Over the limits nothing is checked or recorded: a huge name must not sit in the throttle map.
     if username.len() > app.limits.max_username_bytes || password.len() > app.limits.max_password_bytes {

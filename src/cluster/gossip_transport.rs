@@ -32,10 +32,10 @@ pub struct Destinations(RwLock<HashSet<SocketAddr>>);
 
 impl Destinations {
     pub fn allow(&self, addr: SocketAddr) {
-        if !self.allows(addr) {
-            if let Ok(mut set) = self.0.write() {
-                set.insert(addr);
-            }
+        if !self.allows(addr)
+            && let Ok(mut set) = self.0.write()
+        {
+            set.insert(addr);
         }
     }
 

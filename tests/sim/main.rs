@@ -282,13 +282,13 @@ async fn run(seed: u64) -> Result<(), String> {
                     // Invariant 3: once logout returns, no node it reached holds the session.
                     let reached = world.lock().expect("world").reachable(i);
                     for j in reached {
-                        if let Some((t, _, _, _)) = node_maps(j) {
-                            if t.get(&id).await.is_some() {
-                                return Err(format!(
-                                    "invariant 3: s{j} still holds {} right after logout on s{i}",
-                                    id.redacted()
-                                ));
-                            }
+                        if let Some((t, _, _, _)) = node_maps(j)
+                            && t.get(&id).await.is_some()
+                        {
+                            return Err(format!(
+                                "invariant 3: s{j} still holds {} right after logout on s{i}",
+                                id.redacted()
+                            ));
                         }
                     }
                 }

@@ -78,11 +78,9 @@ impl Replicator {
         let Ok(mut links) = self.links.lock() else { return };
         links.retain(|node, slot| {
             let present = live.get(node).is_some_and(|m| m.generation == slot.generation);
-            if !present {
-                if let Some(link) = slot.link.get() {
-                    tracing::debug!(peer = %node, "peer left the live view; closing its link");
-                    link.close();
-                }
+            if !present && let Some(link) = slot.link.get() {
+                tracing::debug!(peer = %node, "peer left the live view; closing its link");
+                link.close();
             }
             present
         });
