@@ -67,6 +67,9 @@ pub struct Config {
     /// Absent: a single node with no peers.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// Where the sessions are kept on disk, and how durably (issue 14). Absent: memory only.
+    #[serde(default)]
+    pub storage: StorageConfig,
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
@@ -112,6 +115,44 @@ pub enum LogFormat {
     Human,
     /// One JSON object per line, for log shippers.
     Json,
+}
+
+/// `[storage]`: the node's journal of sessions, PGTs and logouts (see `crate::store`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `sync`: a login, logout or service grant is answered only once it is on this node's disk (fdatasync, group
+    /// commit). `interval`: written at once, synced every `flush_interval`. `off`: memory only.
+    pub durability: DurabilityMode,
+    /// The data directory (relative paths from the config file's folder). Required unless `durability = "off"`.
+    pub dir: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// A single node's storage key (base64 of 32 bytes; `casd keygen` makes one), or a file holding it. In a
+    /// cluster the journal is sealed under a key derived from the cluster key, and these must be unset.
+    pub key: Option<Secret>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            durability: DurabilityMode::Off,
+            dir: None,
+            flush_interval: Duration::from_millis(100),
+            key: None,
+            key_file: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    Sync,
+    Interval,
+    #[default]
+    Off,
 }
 
 /// Membership and discovery of a cluster of casd nodes.
@@ -505,6 +546,8 @@ impl Config {
             relative(&mut config.auth.users_file);
             relative(&mut config.proxy.extra_ca_file);
             relative(&mut config.tls.client.extra_ca_file);
+            relative(&mut config.storage.dir);
+            relative(&mut config.storage.key_file);
             if let Some(tls) = config.http.tls.as_mut() {
                 tls.cert_file = dir.join(&tls.cert_file);
                 tls.key_file = dir.join(&tls.key_file);
@@ -542,7 +585,61 @@ impl Config {
             }
             None => None,
         };
-        Ok(Resolved { config: self, services, users, cluster })
+        let storage = self.storage_plan(cluster.as_ref())?;
+        Ok(Resolved { config: self, services, users, cluster, storage })
+    }
+
+    /// The journal's directory, mode and key: the key is derived from the cluster key in a cluster (every node
+    /// reads its own journal with the key it already has), and is `storage.key` / `storage.key_file` on a single node.
+    fn storage_plan(&self, cluster: Option<&ClusterPlan>) -> Result<Option<StoragePlan>, ConfigError> {
+        use crate::store::{Durability, StorageKey};
+        let s = &self.storage;
+        let durability = match s.durability {
+            DurabilityMode::Off => return Ok(None),
+            DurabilityMode::Sync => Durability::Sync,
+            DurabilityMode::Interval if s.flush_interval.is_zero() => {
+                return Err(self.invalid("storage.flush_interval", "0s", "must be greater than zero"));
+            }
+            DurabilityMode::Interval => Durability::Interval(s.flush_interval),
+        };
+        let Some(dir) = s.dir.clone() else {
+            return Err(self.invalid(
+                "storage.dir",
+                "unset",
+                "a data directory is required unless storage.durability = \"off\"",
+            ));
+        };
+        let key = match (cluster, &s.key, &s.key_file) {
+            (Some(c), None, None) => StorageKey::new(c.key.derive("casd storage key v1")),
+            (Some(_), _, _) => {
+                return Err(self.invalid(
+                    "storage.key",
+                    "<hidden>",
+                    "a cluster's journal is sealed under its cluster key; remove storage.key and storage.key_file",
+                ));
+            }
+            (None, Some(k), None) => self.storage_key("storage.key", &k.0)?,
+            (None, None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { file: path.display().to_string(), source })?;
+                self.storage_key("storage.key_file", &text)?
+            }
+            (None, _, _) => {
+                return Err(self.invalid(
+                    "storage.key",
+                    "<hidden>",
+                    "set exactly one of storage.key and storage.key_file (a single node's journal is sealed under \
+                     it); make one with `casd keygen`",
+                ));
+            }
+        };
+        Ok(Some(StoragePlan { dir, durability, key }))
+    }
+
+    fn storage_key(&self, name: &str, text: &str) -> Result<crate::store::StorageKey, ConfigError> {
+        let key = ClusterKey::from_base64(text)
+            .map_err(|e| self.invalid(name, "<hidden>", &format!("{e}; make one with `casd keygen`")))?;
+        Ok(crate::store::StorageKey::new(key.derive("casd single-node storage key v1")))
     }
 
     /// The cluster key, from `cluster.key` or `cluster.key_file`.
@@ -741,6 +838,14 @@ pub struct Resolved {
     /// Inline users and those of `auth.users_file`.
     pub users: Vec<UserRecord>,
     pub cluster: Option<ClusterPlan>,
+    pub storage: Option<StoragePlan>,
+}
+
+/// Where and how a node keeps its journal.
+pub struct StoragePlan {
+    pub dir: PathBuf,
+    pub durability: crate::store::Durability,
+    pub key: crate::store::StorageKey,
 }
 
 /// What a clustered node needs beyond its single-node self.

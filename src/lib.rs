@@ -11,6 +11,8 @@
 //! - [`auth`]: the authenticator (users file with argon2id hashes) and login throttling.
 //! - [`registry`]: the [`registry::TicketRegistry`] the protocol layer uses, over one [`registry::TicketMap`] per
 //!   ticket kind: local maps on a single node, replicated maps in a cluster.
+//! - [`store`]: the node's journal on disk (sealed, group-committed), from which the TGT and PGT maps are restored
+//!   at start and to which they record every change.
 //! - [`cluster`]: gossip membership, multicast discovery, sealing, and replication between nodes; knows bytes,
 //!   members and maps, never CAS.
 //! - [`ticket`]: ticket ids, what each kind holds, expiration policies. Pure.
@@ -26,6 +28,7 @@ pub mod http;
 pub mod node;
 pub mod ops;
 pub mod registry;
+pub mod store;
 pub mod sweeper;
 pub mod ticket;
 pub mod tls;

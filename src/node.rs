@@ -19,7 +19,9 @@ use crate::config::{Config, ConfigError, Resolved};
 use crate::http::{HttpLimits, Stops};
 use crate::ops::{self, Access, Ops};
 use crate::registry::journal::ConsumeJournal;
+use crate::registry::replicated::SingleNode;
 use crate::registry::{Maps, TicketRegistry};
+use crate::store::Store;
 use crate::sweeper::{self, SendsExpiryLogout};
 use crate::ticket::IdGenerator;
 use crate::tls::TlsReloader;
@@ -42,6 +44,8 @@ pub enum StartError {
     Cluster(#[from] crate::cluster::ClusterError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("storage: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 pub struct Node;
@@ -61,6 +65,8 @@ pub struct NodeHandle {
     server_down: CancellationToken,
     cluster: Option<Cluster>,
     tls: Option<Arc<TlsReloader>>,
+    /// The journal, closed (synced and unlocked) when the node stops.
+    store: Option<Arc<Store>>,
 }
 
 impl Node {
@@ -68,13 +74,27 @@ impl Node {
     /// (state transfer) and only then reports `ready` and answers CAS requests (invariant 5); meanwhile `/ready`
     /// says what it waits for and CAS endpoints answer 503.
     pub async fn start(config: Config) -> Result<NodeHandle, StartError> {
-        let Resolved { config, services, users, cluster: plan } = config.resolve()?;
+        let Resolved { config, services, users, cluster: plan, storage } = config.resolve()?;
+        // Read back before anything else runs: the maps start from it, and it must not depend on a peer.
+        let journal = match &storage {
+            Some(s) => {
+                let started = std::time::Instant::now();
+                let (store, recovered) = Store::open(&s.dir, &s.key, s.durability)?;
+                tracing::info!(path = %store.path().display(), records = recovered.records.len(),
+                    cut_bytes = recovered.cut_bytes, took_ms = started.elapsed().as_millis() as u64,
+                    "journal read back");
+                Some((store, recovered.records))
+            }
+            None => None,
+        };
+        let store = journal.as_ref().map(|(s, _)| s.clone());
         let generation = now_ms();
         // Every node of a cluster must recognise every node's ticket ids; a single node's ids live in its memory
-        // only, so a key of its own boot does.
-        let id_mac_key = match &plan {
-            Some(plan) => plan.key.derive("casd ticket id mac v1"),
-            None => rand::random(),
+        // only, so a key of its own boot does, unless its journal keeps sessions over restarts.
+        let id_mac_key = match (&plan, &storage) {
+            (Some(plan), _) => plan.key.derive("casd ticket id mac v1"),
+            (None, Some(s)) => s.key.derive_for("ticket id mac v1"),
+            (None, None) => rand::random(),
         };
         let ids = IdGenerator::new(&config.node.name, generation, &id_mac_key);
         let tls = match &config.http.tls {
@@ -94,10 +114,14 @@ impl Node {
                 let identity = Identity { node: config.node.name.clone(), generation, http_url };
                 let expiry = config.tickets.policy();
                 let (cluster, maps) = Cluster::start(&plan.settings, plan.key, identity, |replicas| {
-                    Maps::replicated(replicas, &expiry, plan.min_copies)
+                    Maps::replicated_with(replicas, &expiry, plan.min_copies, journal)
                 })
                 .await?;
                 (Some(cluster), maps)
+            }
+            // A single node keeps its maps in memory only, unless it has a journal.
+            None if journal.is_some() => {
+                (None, Maps::replicated_with(Arc::new(SingleNode), &config.tickets.policy(), 1, journal))
             }
             None => (None, Maps::local()),
         };
@@ -156,6 +180,7 @@ impl Node {
             server_down,
             cluster,
             tls,
+            store,
         })
     }
 }
@@ -289,6 +314,9 @@ impl NodeHandle {
             );
             self.stops.abort.cancel();
             self.connections.wait().await;
+        }
+        if let Some(store) = self.store {
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
         }
     }
 

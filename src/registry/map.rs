@@ -21,6 +21,9 @@ pub enum MapError {
     /// The node that must decide this ticket could not be asked (cluster only).
     #[error("the owner of the ticket is unreachable")]
     OwnerUnreachable,
+    /// Durability `sync`: the change could not be written to the local journal (a full or failing disk).
+    #[error("the change could not be stored on disk: {0}")]
+    NotStored(String),
 }
 
 #[async_trait]

@@ -4,6 +4,7 @@
 
 pub mod journal;
 pub mod map;
+pub mod persist;
 pub mod replicated;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use replicated::{MapPolicy, ReplicatedMap};
 
 use crate::cluster::MapSet;
 use crate::cluster::replication::replica::{MapId, MapReplica, Replicas};
+use crate::store::Reopened;
 
 use crate::clock::EpochMs;
 use crate::ticket::{
@@ -41,12 +43,45 @@ impl Maps {
     /// Maps replicated to the whole cluster through `replicas`, each with its [`MapPolicy`]; `session_min_copies`
     /// is `cluster.min_copies`.
     pub fn replicated(replicas: Arc<dyn Replicas>, expiry: &ExpiryPolicy, session_min_copies: usize) -> Self {
+        Self::replicated_with(replicas, expiry, session_min_copies, None)
+    }
+
+    /// As [`Maps::replicated`]; with a journal, the maps every node holds (TGT, PGT) are first restored from the
+    /// records read back from it, then record every change in it, and compactions read them.
+    pub fn replicated_with(
+        replicas: Arc<dyn Replicas>,
+        expiry: &ExpiryPolicy,
+        session_min_copies: usize,
+        journal: Option<Reopened>,
+    ) -> Self {
         let policy = |map| MapPolicy::of(map, expiry, session_min_copies);
         let tgt = Arc::new(ReplicatedMap::<Tgt>::new(policy(MapId::Tgt), replicas.clone()));
         let st = Arc::new(ReplicatedMap::<ServiceTicket>::new(policy(MapId::St), replicas.clone()));
         let pt = Arc::new(ReplicatedMap::<ServiceTicket>::new(policy(MapId::Pt), replicas.clone()));
         let pgt = Arc::new(ReplicatedMap::<Pgt>::new(policy(MapId::Pgt), replicas.clone()));
         let lt = Arc::new(ReplicatedMap::<LoginTicket>::new(policy(MapId::Lt), replicas));
+        if let Some((store, records)) = journal {
+            for (map, entry) in &records {
+                match map {
+                    MapId::Tgt => tgt.restore(entry),
+                    MapId::Pgt => pgt.restore(entry),
+                    // One-time tickets are never written (the generation rule makes a kept copy useless).
+                    MapId::St | MapId::Pt | MapId::Lt => {}
+                }
+            }
+            drop(records);
+            tgt.persist_to(store.clone());
+            pgt.persist_to(store.clone());
+            let entries = tgt.held() + pgt.held();
+            let (t, p) = (tgt.clone(), pgt.clone());
+            store.compact_from(
+                Box::new(move |f| {
+                    t.for_each_entry(&mut |e| f(MapId::Tgt, e));
+                    p.for_each_entry(&mut |e| f(MapId::Pgt, e));
+                }),
+                entries,
+            );
+        }
         let served: Vec<(MapId, Arc<dyn MapReplica>)> = vec![
             (MapId::Tgt, tgt.clone()),
             (MapId::St, st.clone()),

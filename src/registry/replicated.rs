@@ -9,8 +9,8 @@
 //! issued them (invariant 1): another node forwards the consume, and when the owner cannot be asked the consume
 //! fails rather than risk a second success. Peers hold no copy of them, so no write or pull carries them.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,6 +18,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 
 use super::map::{Ended, MapError, TicketMap};
+use super::persist::{Pending, Persist};
 use crate::clock::{EpochMs, now_ms};
 use crate::cluster::replication::digest::{self, BucketDigest, Digest, live_hash, removed_hash};
 use crate::cluster::replication::replica::{Entry, MapId, MapReplica, NotOwner, Owner, Replicas};
@@ -78,6 +79,30 @@ pub enum Copies {
     IssuerOnly,
 }
 
+/// The "cluster" of a single node that keeps a journal: its maps are replicated maps (the journal records their
+/// entries), every write has one copy, and every ticket is this boot's to decide.
+pub struct SingleNode;
+
+#[async_trait]
+impl Replicas for SingleNode {
+    async fn replicate(&self, _map: MapId, _entry: Entry) -> usize {
+        1
+    }
+
+    fn owner(&self, _node: &str, _generation: u64) -> Owner {
+        Owner::Me
+    }
+
+    async fn forward_consume(
+        &self,
+        _owner: &Owner,
+        _map: MapId,
+        _id: &str,
+    ) -> Result<Option<Vec<u8>>, crate::cluster::replication::replica::ReplicaError> {
+        Ok(None)
+    }
+}
+
 /// How one map behaves in the cluster.
 #[derive(Clone, Copy, Debug)]
 pub struct MapPolicy {
@@ -120,11 +145,67 @@ pub struct ReplicatedMap<V> {
     /// nothing however large the map.
     live: AtomicUsize,
     replicator: Arc<dyn Replicas>,
+    /// The local journal (issue 14), set once the map has been restored from it. Every change of a slot is recorded
+    /// as the entry a peer would get, so replaying the journal is a series of joins that rebuilds the map.
+    persist: OnceLock<Arc<dyn Persist>>,
 }
 
 impl<V: Ticket> ReplicatedMap<V> {
     pub fn new(policy: MapPolicy, replicator: Arc<dyn Replicas>) -> Self {
-        Self { policy, slots: DashMap::new(), digest: Digest::default(), live: AtomicUsize::new(0), replicator }
+        Self {
+            policy,
+            slots: DashMap::new(),
+            digest: Digest::default(),
+            live: AtomicUsize::new(0),
+            replicator,
+            persist: OnceLock::new(),
+        }
+    }
+
+    /// From now on, every change is recorded in `persist`. Called once, after the map was restored from it (the
+    /// restore applies entries with nothing to record them to).
+    pub fn persist_to(&self, persist: Arc<dyn Persist>) {
+        if self.persist.set(persist).is_err() {
+            tracing::error!(map = self.policy.map.name(), "a map's journal was set twice; the second is ignored");
+        }
+    }
+
+    /// Slots held, tombstones included.
+    pub fn held(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Records a change in the journal, if this map has one.
+    fn record(&self, entry: &Entry) -> Pending {
+        match self.persist.get() {
+            Some(p) => p.record(self.policy.map, entry),
+            None => Pending::done(),
+        }
+    }
+
+    /// Every entry, tombstones included, for a compaction of the journal. References are gathered first, so no
+    /// shard lock is held while entries are serialised.
+    pub fn for_each_entry(&self, f: &mut dyn FnMut(Entry)) {
+        let held: Vec<(TicketId, Result<Arc<V>, EpochMs>)> = self
+            .slots
+            .iter()
+            .map(|e| {
+                let state = match &e.value().slot {
+                    Slot::Live(v, _) => Ok(v.clone()),
+                    Slot::Removed { gc_after } => Err(*gc_after),
+                };
+                (e.key().clone(), state)
+            })
+            .collect();
+        for (id, state) in held {
+            f(match state {
+                Ok(v) => Entry::Live {
+                    id: id.to_string(),
+                    value: postcard::to_allocvec(&*v).expect("tickets always serialise"),
+                },
+                Err(gc_after) => Entry::Removed { id: id.to_string(), gc_after },
+            });
+        }
     }
 
     /// The entry that replicates `value`, and the value's digest hash.
@@ -170,7 +251,11 @@ impl<V: Ticket> ReplicatedMap<V> {
     /// Removes a ticket and waits until the peers hold the tombstone (logout: invariant 3).
     async fn remove_and_replicate(&self, id: &TicketId) -> Option<Arc<V>> {
         let (value, op) = self.tombstone(id)?;
+        let stored = self.record(&op);
         self.replicate(op).await;
+        if let Err(e) = stored.durable().await {
+            tracing::warn!(error = %e, "a removal is replicated but not stored on this node's disk");
+        }
         Some(value)
     }
 
@@ -184,15 +269,19 @@ impl<V: Ticket> ReplicatedMap<V> {
             return 1;
         }
         let (op, gc_after) = self.tombstone_entry(id);
-        let send = match self.slots.entry(id.clone()) {
+        let (send, stored) = match self.slots.entry(id.clone()) {
             MapEntry::Vacant(e) => {
                 self.digest.change(id.as_str(), None, Some(removed_hash(id.as_str())));
                 e.insert(Held::new(id.as_str(), Slot::Removed { gc_after }));
-                true
+                (true, self.record(&op))
             }
-            MapEntry::Occupied(e) => matches!(e.get().slot, Slot::Removed { .. }),
+            MapEntry::Occupied(e) => (matches!(e.get().slot, Slot::Removed { .. }), Pending::done()),
         };
-        if send { self.replicate(op).await } else { 1 }
+        let copies = if send { self.replicate(op).await } else { 1 };
+        if let Err(e) = stored.durable().await {
+            tracing::warn!(error = %e, "a removal is replicated but not stored on this node's disk");
+        }
+        copies
     }
 
     /// The owner's consume of a one-time ticket. The decision is the owner's alone (a peer never decides, and a
@@ -207,6 +296,67 @@ impl<V: Ticket> ReplicatedMap<V> {
             });
         }
         Some(value)
+    }
+
+    /// Joins an entry from a peer or the journal into the map; whether anything changed.
+    fn join(&self, entry: &Entry) -> bool {
+        match entry {
+            Entry::Live { id: raw, value: bytes } => {
+                let (Ok(id), Some(value)) = (TicketId::parse(raw), Self::decode(bytes)) else { return false };
+                match self.slots.entry(id) {
+                    MapEntry::Occupied(mut e) => {
+                        let Slot::Live(existing, hash) = &mut e.get_mut().slot else { return false };
+                        let merged = Arc::make_mut(existing);
+                        merged.merge(&value);
+                        let after = live_hash(raw, &postcard::to_allocvec(&*merged).expect("tickets always serialise"));
+                        self.digest.change(raw, Some(*hash), Some(after));
+                        let changed = *hash != after;
+                        *hash = after;
+                        changed
+                    }
+                    MapEntry::Vacant(e) => {
+                        let hash = live_hash(raw, bytes);
+                        self.digest.change(raw, None, Some(hash));
+                        e.insert(Held::new(raw, Slot::Live(Arc::new(value), hash)));
+                        self.live.fetch_add(1, Ordering::Relaxed);
+                        true
+                    }
+                }
+            }
+            Entry::Removed { id: raw, gc_after } => {
+                let Ok(id) = TicketId::parse(raw) else { return false };
+                match self.slots.entry(id) {
+                    MapEntry::Vacant(e) => {
+                        self.digest.change(raw, None, Some(removed_hash(raw)));
+                        e.insert(Held::new(raw, Slot::Removed { gc_after: *gc_after }));
+                        true
+                    }
+                    MapEntry::Occupied(mut e) => {
+                        let slot = &mut e.get_mut().slot;
+                        match slot {
+                            Slot::Removed { gc_after: g } => {
+                                *g = (*g).max(*gc_after);
+                                false
+                            }
+                            Slot::Live(_, before) => {
+                                let before = *before;
+                                self.digest.change(raw, Some(before), Some(removed_hash(raw)));
+                                *slot = Slot::Removed { gc_after: *gc_after };
+                                self.live.fetch_sub(1, Ordering::Relaxed);
+                                true
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the map from its journal at start, before any peer or client sees it. Not recorded again.
+    pub fn restore(&self, entry: &Entry) {
+        if self.policy.copies == Copies::Everywhere {
+            self.join(entry);
+        }
     }
 
     fn decode(bytes: &[u8]) -> Option<V> {
@@ -224,10 +374,14 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
         }
         // Outside the slot's lock, but each replaced state is reported exactly once, and XOR does not mind order.
         self.digest.change(id.as_str(), before.map(|b| b.slot.hash(id)), Some(hash));
+        // On this node's disk and on the peers at once: the caller waits for the slower of the two.
+        let stored = self.record(&op);
         let copies = self.replicate(op).await;
-        if copies < self.policy.min_copies {
+        let stored = stored.durable().await;
+        if copies < self.policy.min_copies || stored.is_err() {
             // Too fragile to hand out: withdraw it everywhere it reached.
             self.remove_and_replicate(id).await;
+            stored?;
             return Err(MapError::Unavailable { copies, needed: self.policy.min_copies });
         }
         Ok(())
@@ -245,7 +399,10 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
             return Ok(Ended { value: self.take(id).await?, copies: 1 });
         }
         if let Some((value, op)) = self.tombstone(id) {
-            return Ok(Ended { value: Some(value), copies: self.replicate(op).await });
+            let stored = self.record(&op);
+            let copies = self.replicate(op).await;
+            stored.durable().await?;
+            return Ok(Ended { value: Some(value), copies });
         }
         Ok(Ended { value: None, copies: self.remove_unknown(id).await })
     }
@@ -289,7 +446,9 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
             },
             None => return Ok(false),
         };
+        let stored = self.record(&op);
         self.replicate(op).await;
+        stored.durable().await?;
         Ok(true)
     }
 
@@ -300,6 +459,8 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
         let gc_after = now.saturating_add(self.policy.tombstone_ttl.as_millis() as u64);
         self.slots.retain(|id, held| match &mut held.slot {
             Slot::Live(v, hash) if v.is_expired(policy, now) => {
+                // Recorded, not waited for: an expiry lost in a crash is found again after the restart.
+                let _ = self.record(&Entry::Removed { id: id.to_string(), gc_after });
                 expired.push((id.clone(), v.clone()));
                 self.live.fetch_sub(1, Ordering::Relaxed);
                 self.digest.change(id.as_str(), Some(*hash), Some(removed_hash(id.as_str())));
@@ -347,49 +508,10 @@ impl<V: Ticket> MapReplica for ReplicatedMap<V> {
         if self.policy.copies == Copies::IssuerOnly {
             return;
         }
-        match entry {
-            Entry::Live { id: raw, value: bytes } => {
-                let (Ok(id), Some(value)) = (TicketId::parse(raw), Self::decode(bytes)) else { return };
-                match self.slots.entry(id) {
-                    MapEntry::Occupied(mut e) => {
-                        if let Slot::Live(existing, hash) = &mut e.get_mut().slot {
-                            let merged = Arc::make_mut(existing);
-                            merged.merge(&value);
-                            let after =
-                                live_hash(raw, &postcard::to_allocvec(&*merged).expect("tickets always serialise"));
-                            self.digest.change(raw, Some(*hash), Some(after));
-                            *hash = after;
-                        }
-                    }
-                    MapEntry::Vacant(e) => {
-                        let hash = live_hash(raw, bytes);
-                        self.digest.change(raw, None, Some(hash));
-                        e.insert(Held::new(raw, Slot::Live(Arc::new(value), hash)));
-                        self.live.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            Entry::Removed { id: raw, gc_after } => {
-                let Ok(id) = TicketId::parse(raw) else { return };
-                match self.slots.entry(id) {
-                    MapEntry::Vacant(e) => {
-                        self.digest.change(raw, None, Some(removed_hash(raw)));
-                        e.insert(Held::new(raw, Slot::Removed { gc_after: *gc_after }));
-                    }
-                    MapEntry::Occupied(mut e) => {
-                        let slot = &mut e.get_mut().slot;
-                        match slot {
-                            Slot::Removed { gc_after: g } => *g = (*g).max(*gc_after),
-                            Slot::Live(_, before) => {
-                                let before = *before;
-                                self.digest.change(raw, Some(before), Some(removed_hash(raw)));
-                                *slot = Slot::Removed { gc_after: *gc_after };
-                                self.live.fetch_sub(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                }
-            }
+        // Recorded only when it changed something, so that anti-entropy's repeats do not grow the journal; not
+        // waited for (the writer of the change waits for its own disk).
+        if self.join(entry) {
+            let _ = self.record(entry);
         }
     }
 

@@ -14,6 +14,7 @@ mod replication;
 mod saml;
 mod shutdown;
 mod slo;
+mod storage;
 mod support;
 mod tls;
 mod validate;

@@ -1,0 +1,377 @@
+//! Durable ticket maps (issue 14): each node keeps the maps every node holds (sessions, PGTs, and the tombstones
+//! that keep logouts dead) in a sealed journal on its own disk, so that a restart of one node, or of every node,
+//! keeps the SSO sessions.
+//!
+//! One file, `<dir>/journal`, written by one thread: each change of a map is appended as the entry a peer would be
+//! sent (a join), so replaying the file in order rebuilds the map, and a record seen twice changes nothing. Under
+//! `sync` the writer gathers every change that arrived while it was busy into one `write` and one `fdatasync`
+//! (group commit) and only then wakes their callers; under `interval` callers go on at once and the file is synced
+//! every `flush_interval`. When the file holds four times as many records as the maps have entries, the writer
+//! rewrites it from the maps (compaction) into a new file, renamed over the old one.
+//!
+//! Service, proxy and login tickets are not kept: a restarted node refuses the tickets of its earlier boot anyway
+//! (the generation rule of invariant 1), so a copy on disk could never be used.
+
+pub mod format;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::cluster::replication::replica::{Entry, MapId};
+use crate::registry::persist::{Pending, Persist};
+pub use format::StorageKey;
+use format::{HEADER_LEN, HeaderError, Sealer};
+
+/// When a change counts as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// On disk (`fdatasync`) before the caller goes on: a login is answered only once its session is on disk.
+    Sync,
+    /// Written at once, synced at this interval: a power failure loses up to one interval of changes.
+    Interval(Duration),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {action}: {source}")]
+    Io { path: String, action: &'static str, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Header { path: String, source: HeaderError },
+    #[error("{path}: another casd process uses this data directory")]
+    Locked { path: String },
+}
+
+fn io<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { path: path.display().to_string(), action, source }
+}
+
+/// An opened journal and the records read back from it, for the maps to restore from.
+pub type Reopened = (Arc<Store>, Vec<(MapId, Entry)>);
+
+/// Everything the maps hold, for a compaction: calls `f` once per entry of every kept map.
+pub type Source = Box<dyn Fn(&mut dyn FnMut(MapId, Entry)) + Send>;
+
+enum Command {
+    Append {
+        map: MapId,
+        entry: Entry,
+        done: Option<oneshot::Sender<Result<(), String>>>,
+    },
+    /// Syncs what was written, then answers; with `close`, the writer then stops (a node's graceful stop).
+    Flush {
+        answer: Sender<()>,
+        close: bool,
+    },
+    /// Where compactions read the maps from, and how many entries they hold now.
+    Source(Source, usize),
+}
+
+/// What [`Store::open`] found on disk.
+pub struct Recovered {
+    pub records: Vec<(MapId, Entry)>,
+    /// Bytes of a torn or corrupt tail that were cut off.
+    pub cut_bytes: u64,
+}
+
+/// The journal of one node. Cheap to share; the writer thread ends when the last handle is dropped.
+pub struct Store {
+    tx: Mutex<Sender<Command>>,
+    durability: Durability,
+    path: PathBuf,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    lock: File,
+}
+
+impl Store {
+    /// Opens (or creates) the journal in `dir`, reads it back and cuts a torn tail. Errors name the path: a
+    /// directory that cannot be created or written, a file of a newer format, another key, another process.
+    pub fn open(dir: &Path, key: &StorageKey, durability: Durability) -> Result<(Arc<Self>, Recovered), StoreError> {
+        fs::create_dir_all(dir).map_err(io(dir, "cannot create the data directory"))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path, "cannot open for writing"))?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Locked { path: dir.display().to_string() });
+        }
+        let path = dir.join("journal");
+        let (file, sealer, recovered) = match fs::read(&path) {
+            Ok(bytes) if !bytes.is_empty() => {
+                let mut sealer = Sealer::existing(key, &bytes)
+                    .map_err(|source| StoreError::Header { path: path.display().to_string(), source })?;
+                let (records, good) = sealer.open_all(&bytes[HEADER_LEN..]);
+                let good_len = (HEADER_LEN + good) as u64;
+                let cut_bytes = bytes.len() as u64 - good_len;
+                let mut file =
+                    OpenOptions::new().write(true).open(&path).map_err(io(&path, "cannot open for writing"))?;
+                if cut_bytes > 0 {
+                    tracing::warn!(path = %path.display(), cut_bytes, kept_records = records.len(),
+                        "the journal ends in a torn or corrupt record; it is cut there");
+                    file.set_len(good_len).map_err(io(&path, "cannot cut the torn tail"))?;
+                    file.sync_all().map_err(io(&path, "cannot sync"))?;
+                }
+                file.seek(SeekFrom::End(0)).map_err(io(&path, "cannot seek"))?;
+                (file, sealer, Recovered { records, cut_bytes })
+            }
+            Ok(_) => Self::create(dir, &path, key)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(dir, &path, key)?,
+            Err(e) => return Err(io(&path, "cannot read")(e)),
+        };
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            file,
+            sealer,
+            key: key.clone(),
+            path: path.clone(),
+            dir: dir.to_owned(),
+            records: recovered.records.len(),
+            source: None,
+            entries_at_compaction: 0,
+        };
+        let thread = std::thread::Builder::new()
+            .name("casd-journal".into())
+            .spawn(move || writer.run(rx, durability))
+            .map_err(io(&path, "cannot start the journal writer"))?;
+        let store = Self { tx: Mutex::new(tx), durability, path, writer: Mutex::new(Some(thread)), lock };
+        Ok((Arc::new(store), recovered))
+    }
+
+    fn create(dir: &Path, path: &Path, key: &StorageKey) -> Result<(File, Sealer, Recovered), StoreError> {
+        let sealer = Sealer::new_file(key);
+        let (file, _) = write_new(dir, path, &sealer, &[])?;
+        Ok((file, sealer, Recovered { records: Vec::new(), cut_bytes: 0 }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Gives the writer the maps to compact from; `entries` is how many they hold after the restore.
+    pub fn compact_from(&self, source: Source, entries: usize) {
+        self.send(Command::Source(source, entries));
+    }
+
+    /// Syncs everything written so far. Blocks until done or the writer is gone.
+    pub fn flush(&self) {
+        let (answer, done) = mpsc::channel();
+        self.send(Command::Flush { answer, close: false });
+        let _ = done.recv_timeout(Duration::from_secs(30));
+    }
+
+    /// A graceful stop: syncs, stops the writer (later changes are not stored) and unlocks the directory, so a
+    /// node started again in the same process can open it.
+    pub fn close(&self) {
+        let (answer, done) = mpsc::channel();
+        self.send(Command::Flush { answer, close: true });
+        let _ = done.recv_timeout(Duration::from_secs(30));
+        if let Some(thread) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
+        let _ = self.lock.unlock();
+    }
+
+    fn send(&self, command: Command) {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        if tx.send(command).is_err() {
+            tracing::error!(path = %self.path.display(), "the journal writer has stopped");
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer after its last sync.
+        let (dead, _) = mpsc::channel();
+        drop(std::mem::replace(self.tx.get_mut().unwrap_or_else(|e| e.into_inner()), dead));
+        if let Some(thread) = self.writer.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Persist for Store {
+    fn record(&self, map: MapId, entry: &Entry) -> Pending {
+        match self.durability {
+            Durability::Sync => {
+                let (done, waiter) = oneshot::channel();
+                self.send(Command::Append { map, entry: entry.clone(), done: Some(done) });
+                Pending::waiting(waiter)
+            }
+            Durability::Interval(_) => {
+                self.send(Command::Append { map, entry: entry.clone(), done: None });
+                Pending::done()
+            }
+        }
+    }
+}
+
+/// Writes a complete new journal (header and `records`) beside `path`, syncs it and renames it over `path`: a crash
+/// leaves either the old file or the new one, never a mix.
+fn write_new(dir: &Path, path: &Path, sealer: &Sealer, records: &[u8]) -> Result<(File, u64), StoreError> {
+    let tmp = path.with_extension("new");
+    let mut file =
+        OpenOptions::new().create(true).truncate(true).write(true).open(&tmp).map_err(io(&tmp, "cannot create"))?;
+    file.write_all(sealer.header()).map_err(io(&tmp, "cannot write"))?;
+    file.write_all(records).map_err(io(&tmp, "cannot write"))?;
+    file.sync_all().map_err(io(&tmp, "cannot sync"))?;
+    fs::rename(&tmp, path).map_err(io(path, "cannot rename the new journal into place"))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir, "cannot sync the directory"))?;
+    Ok((file, (HEADER_LEN + records.len()) as u64))
+}
+
+struct Writer {
+    file: File,
+    sealer: Sealer,
+    key: StorageKey,
+    path: PathBuf,
+    dir: PathBuf,
+    /// Records in the current file.
+    records: usize,
+    source: Option<Source>,
+    entries_at_compaction: usize,
+}
+
+/// At most this many changes go into one write and one sync.
+const MAX_BATCH: usize = 4096;
+/// A file is compacted once it holds more than this many records and four times the maps' entries.
+const MIN_RECORDS_TO_COMPACT: usize = 100_000;
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Command>, durability: Durability) {
+        let mut buf = Vec::with_capacity(1 << 16);
+        let mut waiters = Vec::new();
+        let mut flushes = Vec::new();
+        let mut dirty = false;
+        let mut last_sync = Instant::now();
+        loop {
+            let first = match durability {
+                Durability::Interval(every) if dirty => rx.recv_timeout(every.saturating_sub(last_sync.elapsed())),
+                _ => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            let mut batch = match first {
+                Ok(command) => vec![command],
+                Err(RecvTimeoutError::Timeout) => Vec::new(),
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.file.sync_data();
+                    return;
+                }
+            };
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+            let (position, before) = (self.sealer.position(), self.records);
+            let mut closing = false;
+            for command in batch {
+                match command {
+                    Command::Append { map, entry, done } => {
+                        self.sealer.seal(map, &entry, &mut buf);
+                        self.records += 1;
+                        waiters.extend(done);
+                    }
+                    Command::Flush { answer, close } => {
+                        flushes.push(answer);
+                        closing |= close;
+                    }
+                    Command::Source(source, entries) => {
+                        self.source = Some(source);
+                        self.entries_at_compaction = entries;
+                    }
+                }
+            }
+            let mut result = Ok(());
+            if !buf.is_empty() {
+                result = self.file.write_all(&buf);
+                dirty = true;
+            }
+            let due = match durability {
+                Durability::Sync => !waiters.is_empty() || !flushes.is_empty(),
+                Durability::Interval(every) => !flushes.is_empty() || last_sync.elapsed() >= every,
+            };
+            if result.is_ok() && dirty && due {
+                result = self.file.sync_data();
+                dirty = false;
+                last_sync = Instant::now();
+            }
+            if let Err(e) = &result {
+                tracing::error!(path = %self.path.display(), error = %e, "journal write failed; the changes are not stored");
+                self.undo(buf.len(), position, before);
+            }
+            buf.clear();
+            let answer = result.map_err(|e| format!("{}: {e}", self.path.display()));
+            for done in waiters.drain(..) {
+                let _ = done.send(answer.clone());
+            }
+            for tx in flushes.drain(..) {
+                let _ = tx.send(());
+            }
+            if closing {
+                return;
+            }
+            if self.records > MIN_RECORDS_TO_COMPACT && self.records > 4 * self.entries_at_compaction.max(1) {
+                self.compact();
+            }
+        }
+    }
+
+    /// A failed write may have left part of the batch in the file: cut back to before it, so that later records
+    /// do not follow a torn one (which would cut them too at the next start).
+    fn undo(&mut self, written: usize, position: u64, records: usize) {
+        let cut =
+            self.file.stream_position().map(|end| end.saturating_sub(written as u64).max(HEADER_LEN as u64)).and_then(
+                |keep| {
+                    let len = self.file.metadata()?.len().min(keep);
+                    self.file.set_len(len)?;
+                    self.file.seek(SeekFrom::Start(len))
+                },
+            );
+        if let Err(e) = cut {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot cut a failed write back out of the journal");
+        }
+        self.sealer.rewind(position);
+        self.records = records;
+    }
+
+    /// Rewrites the journal from the maps: live entries and tombstones still needed, nothing else.
+    fn compact(&mut self) {
+        let Some(source) = &self.source else { return };
+        let started = Instant::now();
+        let mut sealer = Sealer::new_file(&self.key);
+        let (mut records, mut entries) = (Vec::new(), 0usize);
+        source(&mut |map, entry| {
+            sealer.seal(map, &entry, &mut records);
+            entries += 1;
+        });
+        match write_new(&self.dir, &self.path, &sealer, &records) {
+            Ok((mut file, len)) => {
+                if let Err(e) = file.seek(SeekFrom::Start(len)) {
+                    tracing::error!(path = %self.path.display(), error = %e, "cannot seek in the compacted journal");
+                    return;
+                }
+                tracing::info!(path = %self.path.display(), before = self.records, after = entries, bytes = len,
+                    took_ms = started.elapsed().as_millis() as u64, "journal compacted");
+                self.file = file;
+                self.sealer = sealer;
+                self.records = entries;
+                self.entries_at_compaction = entries;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "journal compaction failed; the old journal stays in use");
+                // Not again before the file has grown as much once more.
+                self.entries_at_compaction = self.records;
+            }
+        }
+    }
+}
