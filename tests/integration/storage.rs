@@ -134,3 +134,155 @@ async fn a_torn_tail_is_cut_and_the_rest_kept() {
     node.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A login against a bare URL, never panicking (the server may be killed under it): the TGC when it was answered.
+async fn try_login(client: &reqwest::Client, base: &str, service: &str) -> Option<String> {
+    let form = client.get(format!("{base}/login?service={}", enc(service))).send().await.ok()?;
+    let lt = lt_of(&form.text().await.ok()?);
+    let fields = [("username", USER), ("password", PASSWORD), ("lt", lt.as_str()), ("service", service)];
+    let r = client.post(format!("{base}/login")).form(&fields).send().await.ok()?;
+    if r.status().as_u16() != 302 {
+        return None;
+    }
+    r.headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| c.strip_prefix("TGC=").map(|v| v.split(';').next().unwrap_or_default().to_owned()))
+}
+
+/// Whether `tgc` gives SSO (a redirect with a ticket); `None` when the server did not answer.
+async fn gives_sso(client: &reqwest::Client, base: &str, tgc: &str, service: &str) -> Option<bool> {
+    let r = client
+        .get(format!("{base}/login?service={}", enc(service)))
+        .header("Cookie", format!("TGC={tgc}"))
+        .send()
+        .await
+        .ok()?;
+    let location = r.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    Some(r.status().as_u16() == 302 && location.contains("ticket=ST-"))
+}
+
+/// `kill -9` at random points of a login and logout load under `sync`, several times over: after each restart
+/// every login that was answered still gives SSO, and every logout that was answered (200) still holds. The real
+/// binary, real HTTP, real SIGKILL; the kill points are random, their number and the load bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acknowledged_login_or_logout() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    const SERVICE: &str = "http://127.0.0.1:9/app";
+    // More kill points for a longer run: CASD_KILL_ROUNDS=100 cargo test ... kill_9 (at most 1,000).
+    let rounds: usize = std::env::var("CASD_KILL_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(6).min(1000);
+    let dir = data_dir("kill9");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("casd.toml");
+    let text = casd::config::EMBEDDED_DEFAULT
+        .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
+        .replace("format = \"human\"", "format = \"json\"")
+        + &format!(
+            "\n[storage]\ndurability = \"sync\"\ndir = \"data\"\nkey = \"{KEY}\"\n\n[limits]\nmax_sessions_per_user = 100000\n"
+        );
+    std::fs::write(&config, text).expect("write");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let (mut alive, mut dead): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    for round in 0..=rounds {
+        let ServingBinary { mut child, lines, base } = ServingBinary::start(&config);
+        // Keep the log pipe drained, or a full pipe would stall the server.
+        std::thread::spawn(move || lines.for_each(drop));
+        for tgc in &alive {
+            assert_eq!(gives_sso(&client, &base, tgc, SERVICE).await, Some(true), "round {round}: a login was lost");
+        }
+        for tgc in &dead {
+            assert_eq!(gives_sso(&client, &base, tgc, SERVICE).await, Some(false), "round {round}: a logout undone");
+        }
+        if round == rounds {
+            child.kill().expect("kill");
+            let _ = child.wait();
+            break;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new((Vec::new(), Vec::new())));
+        let workers: Vec<_> = (0..6)
+            .map(|w| {
+                let (client, base, stop, acked) = (client.clone(), base.clone(), stop.clone(), acked.clone());
+                tokio::spawn(async move {
+                    let mut n = 0u32;
+                    while !stop.load(Ordering::Relaxed) && n < 500 {
+                        n += 1;
+                        let Some(tgc) = try_login(&client, &base, SERVICE).await else { continue };
+                        if !(n + w).is_multiple_of(3) {
+                            acked.lock().expect("lock").0.push(tgc);
+                            continue;
+                        }
+                        // A logout that got no answer may or may not hold: it goes in neither list.
+                        let r = client.get(format!("{base}/logout")).header("Cookie", format!("TGC={tgc}")).send();
+                        if r.await.ok().map(|r| r.status().as_u16()) == Some(200) {
+                            acked.lock().expect("lock").1.push(tgc);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let delay = 150 + rand::random::<u64>() % 600;
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        child.kill().expect("kill -9");
+        let _ = child.wait();
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            w.await.expect("worker");
+        }
+        let (a, d) = std::mem::take(&mut *acked.lock().expect("lock"));
+        alive.extend(a);
+        dead.extend(d);
+    }
+    eprintln!(
+        "{} acknowledged logins and {} acknowledged logouts checked after {rounds} kills",
+        alive.len(),
+        dead.len()
+    );
+    assert!(alive.len() >= 20 && dead.len() >= 5, "the load ran: {} logins kept, {} logouts", alive.len(), dead.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every node of a cluster stops, then all start again from their own journals: the sessions opened before give
+/// SSO on every node, the sessions logged out stay logged out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_cluster_restart_keeps_sessions_and_logouts() {
+    const SERVICE: &str = "http://127.0.0.1:9/app";
+    let dirs: Vec<PathBuf> = (1..=3).map(|i| data_dir(&format!("cluster-{i}"))).collect();
+    let adjust = |i: usize, c: &mut Config| {
+        c.storage.durability = DurabilityMode::Sync;
+        c.storage.dir = Some(dirs[i - 1].clone());
+    };
+    let key = casd::cluster::seal::ClusterKey::generate();
+    let cluster = TestCluster::with_key(key.clone(), "restart", "r", 3, adjust).await;
+    let mut kept = Browser::new(&cluster.nodes[0]);
+    kept.login(SERVICE).await;
+    let mut ended = Browser::new(&cluster.nodes[1]);
+    ended.login(SERVICE).await;
+    let ended_tgc = ended.tgc.clone().expect("session");
+    assert_eq!(ended.get("/logout").await.status, 200);
+    for n in cluster.nodes {
+        n.shutdown().await;
+    }
+
+    let cluster = TestCluster::with_key(key, "restart", "r", 3, adjust).await;
+    for node in &cluster.nodes {
+        let mut b = Browser { tgc: kept.tgc.clone(), ..Browser::new(node) };
+        let page = b.get(&format!("/login?service={}", enc(SERVICE))).await;
+        assert_eq!(page.status, 302, "{}: the session survived the whole cluster's restart", node.base_url());
+        let mut b = Browser { tgc: Some(ended_tgc.clone()), ..Browser::new(node) };
+        let page = b.get(&format!("/login?service={}", enc(SERVICE))).await;
+        assert_eq!(page.status, 200, "{}: the logout holds", node.base_url());
+    }
+    for n in cluster.nodes {
+        n.shutdown().await;
+    }
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
