@@ -34,6 +34,33 @@ enum Command {
     Keygen,
     /// Read a password from standard input and print its argon2id hash for a users file.
     HashPassword,
+    /// Look after a node's data directory (`[storage]`); never prints a ticket id.
+    Storage {
+        #[command(subcommand)]
+        action: StorageAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum StorageAction {
+    /// Counts per map, oldest and newest entry, size. Reads without locking: works beside a running node.
+    Inspect {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Write the directory's state (live entries and the tombstones still needed) to FILE, sealed under the same
+    /// key: for a move to new hardware. FILE must not exist.
+    Export {
+        #[arg(long, short)]
+        config: PathBuf,
+        file: PathBuf,
+    },
+    /// Join an exported FILE into the data directory; the node must be stopped. Importing twice changes nothing.
+    Import {
+        #[arg(long, short)]
+        config: PathBuf,
+        file: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +72,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}: ok ({} services)", file.display(), resolved.config.services.len());
             Ok(())
         }
+        Command::Storage { action } => storage(action),
         Command::Keygen => {
             let mut key = [0u8; 32];
             rand::fill(&mut key);
@@ -66,6 +94,52 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn storage(action: StorageAction) -> anyhow::Result<()> {
+    use casd::store::tools;
+    let config = match &action {
+        StorageAction::Inspect { config }
+        | StorageAction::Export { config, .. }
+        | StorageAction::Import { config, .. } => config,
+    };
+    let plan = Config::load(config)?.resolve()?.storage.with_context(|| {
+        format!("{}: storage.durability is \"off\": this node keeps no data directory", config.display())
+    })?;
+    match action {
+        StorageAction::Inspect { .. } => {
+            let s = tools::inspect(&plan.dir, &plan.key)?;
+            println!("{}: {} bytes, {} records", plan.dir.join("journal").display(), s.bytes, s.records);
+            if s.tail_bytes > 0 {
+                println!("  {} bytes after the last good record (a torn tail, or a write in progress)", s.tail_bytes);
+            }
+            for (name, m) in [("TGT", &s.tgt), ("PGT", &s.pgt)] {
+                let at = |t: Option<u64>| {
+                    t.map(|ms| {
+                        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+                            .to_string()
+                    })
+                    .unwrap_or_else(|| "-".into())
+                };
+                println!(
+                    "  {name}: {} live, {} tombstones, oldest {}, newest {}",
+                    m.live,
+                    m.tombstones,
+                    at(m.oldest),
+                    at(m.newest)
+                );
+            }
+        }
+        StorageAction::Export { file, .. } => {
+            let n = tools::export(&plan.dir, &plan.key, &file)?;
+            println!("{}: {n} entries exported", file.display());
+        }
+        StorageAction::Import { file, .. } => {
+            let n = tools::import(&plan.dir, &plan.key, &file)?;
+            println!("{}: {n} entries joined into {}", file.display(), plan.dir.display());
+        }
+    }
+    Ok(())
 }
 
 fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {

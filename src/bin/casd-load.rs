@@ -53,6 +53,13 @@ enum Command {
         #[command(flatten)]
         load: Load,
     },
+    /// A password login (the login form, then the credentials): one timed cycle.
+    Login {
+        #[command(flatten)]
+        cas: Cas,
+        #[command(flatten)]
+        load: Load,
+    },
     /// Issue a service ticket by SSO and validate it: one timed cycle.
     Cycle {
         #[command(flatten)]
@@ -209,6 +216,28 @@ impl Target {
         let location = headers.get("location").and_then(|v| v.to_str().ok()).unwrap_or_default();
         let ticket = location.split("ticket=").nth(1).map(|t| t.split('&').next().unwrap_or(t));
         ticket.map(str::to_owned).ok_or_else(|| anyhow!("SSO gave no ticket ({status})"))
+    }
+
+    /// A password login on this connection: the form (for its login ticket), then the credentials.
+    async fn login(&mut self, cas: &Cas) -> anyhow::Result<()> {
+        let path = format!("{}/login?service={}", self.prefix, enc(&cas.service));
+        let (status, _, page) = self.conn.call("GET", &path, &[], None).await?;
+        let page = String::from_utf8_lossy(&page);
+        let lt = between(&page, "name=\"lt\" value=\"", "\"").ok_or_else(|| anyhow!("no login form ({status})"))?;
+        let form = format!(
+            "username={}&password={}&lt={}&service={}",
+            enc(&cas.user),
+            enc(&cas.password),
+            enc(lt),
+            enc(&cas.service)
+        );
+        let headers = [("content-type", "application/x-www-form-urlencoded")];
+        let (status, headers, _) =
+            self.conn.call("POST", &format!("{}/login", self.prefix), &headers, Some(form)).await?;
+        match headers.get("set-cookie") {
+            Some(_) if status == 302 => Ok(()),
+            _ => bail!("login refused ({status})"),
+        }
     }
 
     async fn validate(&mut self, service: &str, ticket: &str) -> anyhow::Result<()> {
@@ -389,6 +418,16 @@ async fn main() -> anyhow::Result<()> {
                 })
             })
             .await;
+            report(&load, lat, errors, elapsed, cpu);
+            Ok(())
+        }
+        Command::Login { cas, load } => {
+            let mut states = Vec::new();
+            for w in 0..load.connections {
+                states.push((Target::open(&cas.issue[w % cas.issue.len()]).await?, cas.clone()));
+            }
+            let (lat, errors, elapsed, cpu) =
+                drive(&load, states, |(target, cas), _| Box::pin(async move { target.login(cas).await })).await;
             report(&load, lat, errors, elapsed, cpu);
             Ok(())
         }

@@ -10,6 +10,12 @@ pub trait Persist: Send + Sync {
     /// Records a change of `map`, as the entry a peer would be sent (a join, so replaying the records in order
     /// rebuilds the map). Under durability `sync` the returned [`Pending`] resolves once the change is on disk.
     fn record(&self, map: MapId, entry: &Entry) -> Pending;
+
+    /// Records a change nobody waits for (a peer's write joined here, an expiry): on disk soon, without a sync of
+    /// its own, so that a write replicated to N nodes costs one waited-for sync, on the node that answers for it.
+    fn record_lazily(&self, map: MapId, entry: &Entry) {
+        let _ = self.record(map, entry);
+    }
 }
 
 /// A recorded change, not yet known to be on disk.

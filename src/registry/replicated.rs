@@ -175,6 +175,13 @@ impl<V: Ticket> ReplicatedMap<V> {
         self.slots.len()
     }
 
+    /// Records a change nobody waits for in the journal, if this map has one.
+    fn record_lazily(&self, entry: &Entry) {
+        if let Some(p) = self.persist.get() {
+            p.record_lazily(self.policy.map, entry);
+        }
+    }
+
     /// Records a change in the journal, if this map has one.
     fn record(&self, entry: &Entry) -> Pending {
         match self.persist.get() {
@@ -460,7 +467,7 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
         self.slots.retain(|id, held| match &mut held.slot {
             Slot::Live(v, hash) if v.is_expired(policy, now) => {
                 // Recorded, not waited for: an expiry lost in a crash is found again after the restart.
-                let _ = self.record(&Entry::Removed { id: id.to_string(), gc_after });
+                self.record_lazily(&Entry::Removed { id: id.to_string(), gc_after });
                 expired.push((id.clone(), v.clone()));
                 self.live.fetch_sub(1, Ordering::Relaxed);
                 self.digest.change(id.as_str(), Some(*hash), Some(removed_hash(id.as_str())));
@@ -511,7 +518,7 @@ impl<V: Ticket> MapReplica for ReplicatedMap<V> {
         // Recorded only when it changed something, so that anti-entropy's repeats do not grow the journal; not
         // waited for (the writer of the change waits for its own disk).
         if self.join(entry) {
-            let _ = self.record(entry);
+            self.record_lazily(entry);
         }
     }
 

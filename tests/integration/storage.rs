@@ -286,3 +286,63 @@ async fn a_whole_cluster_restart_keeps_sessions_and_logouts() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// `casd storage inspect | export | import`: counts without ticket ids, and a move to another directory (new
+/// hardware) that keeps the sessions; importing twice changes nothing.
+#[tokio::test]
+async fn storage_commands_inspect_export_and_import() {
+    let dir = data_dir("commands");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config_for = |data: &str| {
+        let path = dir.join(format!("{data}.toml"));
+        let text = casd::config::EMBEDDED_DEFAULT.replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
+            + &format!("\n[storage]\ndurability = \"sync\"\ndir = \"{data}\"\nkey = \"{KEY}\"\n");
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let (old, new) = (config_for("old"), config_for("new"));
+    let node = Node::start(Config::load(&old).expect("config")).await.expect("node");
+    let mut kept = Browser::new(&node);
+    kept.login("http://127.0.0.1:9/app").await;
+    let mut ended = Browser::new(&node);
+    ended.login("http://127.0.0.1:9/app").await;
+    let ended_tgc = ended.tgc.clone();
+    assert_eq!(ended.get("/logout").await.status, 200);
+    let tgc = kept.tgc.clone().expect("session");
+    let casd = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_casd")).args(args).output().expect("run");
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(!text.contains(&tgc), "a ticket id was printed: {text}");
+        (out.status.success(), text)
+    };
+    let (old_s, new_s) = (old.display().to_string(), new.display().to_string());
+    // Beside the running node.
+    let (ok, text) = casd(&["storage", "inspect", "--config", &old_s]);
+    assert!(ok && text.contains("TGT: 1 live, 1 tombstones"), "{text}");
+    node.shutdown().await;
+
+    let export = dir.join("moved.journal");
+    let (ok, text) = casd(&["storage", "export", "--config", &old_s, &export.display().to_string()]);
+    assert!(ok && text.contains("2 entries exported"), "{text}");
+    let (ok, text) = casd(&["storage", "export", "--config", &old_s, &export.display().to_string()]);
+    assert!(!ok && text.contains("moved.journal"), "an existing file is not overwritten: {text}");
+    for _ in 0..2 {
+        let (ok, text) = casd(&["storage", "import", "--config", &new_s, &export.display().to_string()]);
+        assert!(ok && text.contains("2 entries joined"), "{text}");
+    }
+    let (ok, text) = casd(&["storage", "inspect", "--config", &new_s]);
+    assert!(ok && text.contains("TGT: 1 live, 1 tombstones"), "imported twice, still the same: {text}");
+
+    let node = Node::start(Config::load(&new).expect("config")).await.expect("node on the new directory");
+    let mut moved = Browser { tgc: Some(tgc.clone()), ..Browser::new(&node) };
+    let page = moved.get(&format!("/login?service={}", enc("http://127.0.0.1:9/app"))).await;
+    assert_eq!(page.status, 302, "the session moved with the data");
+    let mut gone = Browser { tgc: ended_tgc, ..Browser::new(&node) };
+    assert_eq!(gone.get(&format!("/login?service={}", enc("http://127.0.0.1:9/app"))).await.status, 200);
+    node.shutdown().await;
+    let memory_only = dir.join("off.toml");
+    std::fs::write(&memory_only, casd::config::EMBEDDED_DEFAULT).expect("write");
+    let (ok, text) = casd(&["storage", "inspect", "--config", &memory_only.display().to_string()]);
+    assert!(!ok && text.contains("off.toml") && text.contains("storage.durability"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
