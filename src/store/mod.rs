@@ -95,6 +95,17 @@ impl Store {
     /// Opens (or creates) the journal in `dir`, reads it back and cuts a torn tail. Errors name the path: a
     /// directory that cannot be created or written, a file of a newer format, another key, another process.
     pub fn open(dir: &Path, key: &StorageKey, durability: Durability) -> Result<(Arc<Self>, Recovered), StoreError> {
+        Self::open_compacting_after(dir, key, durability, MIN_RECORDS_TO_COMPACT)
+    }
+
+    /// As [`Store::open`], compacting once the file holds more than `min_records` records (and four times the maps'
+    /// entries): tests make it small.
+    pub fn open_compacting_after(
+        dir: &Path,
+        key: &StorageKey,
+        durability: Durability,
+        min_records: usize,
+    ) -> Result<(Arc<Self>, Recovered), StoreError> {
         fs::create_dir_all(dir).map_err(io(dir, "cannot create the data directory"))?;
         let lock_path = dir.join("lock");
         let lock = OpenOptions::new()
@@ -139,6 +150,7 @@ impl Store {
             records: recovered.records.len(),
             source: None,
             entries_at_compaction: 0,
+            min_records,
         };
         let thread = std::thread::Builder::new()
             .name("casd-journal".into())
@@ -244,6 +256,7 @@ struct Writer {
     records: usize,
     source: Option<Source>,
     entries_at_compaction: usize,
+    min_records: usize,
 }
 
 /// Under `interval`, how long the writer lets changes gather between writes: what a crash of the process (not of
@@ -337,7 +350,7 @@ impl Writer {
                 // sender a wake-up (a futex call), which under load cost as much CPU as the rest of a write.
                 std::thread::sleep(GATHER);
             }
-            if self.records > MIN_RECORDS_TO_COMPACT && self.records > 4 * self.entries_at_compaction.max(1) {
+            if self.records > self.min_records && self.records > 4 * self.entries_at_compaction.max(1) {
                 self.compact();
             }
         }
@@ -390,5 +403,82 @@ impl Writer {
                 self.entries_at_compaction = self.records;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::TicketMap;
+    use crate::registry::replicated::{MapPolicy, ReplicatedMap, SingleNode};
+    use crate::ticket::{ExpiryPolicy, IdGenerator, Principal, Tgt, TicketKind};
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("casd-store-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn tgt() -> Tgt {
+        Tgt {
+            principal: Principal { id: "u".into(), attributes: Default::default() },
+            created: 1,
+            last_used: 1,
+            services: Default::default(),
+        }
+    }
+
+    /// A session changed over and over (a grant per service ticket) grows the file until a compaction rewrites it
+    /// from the maps: afterwards it holds one record per session and tombstone, and reads back to the same map.
+    #[tokio::test]
+    async fn churn_is_compacted_away_and_the_rest_reads_back() {
+        use crate::ticket::TgtChange;
+        let d = dir("compact");
+        let key = StorageKey::new([3; 32]);
+        let (store, _) = Store::open_compacting_after(&d, &key, Durability::Sync, 200).expect("open");
+        let map = Arc::new(ReplicatedMap::<Tgt>::new(
+            MapPolicy::of(MapId::Tgt, &ExpiryPolicy::default(), 1),
+            Arc::new(SingleNode),
+        ));
+        map.persist_to(store.clone());
+        let source = map.clone();
+        store.compact_from(Box::new(move |f| source.for_each_entry(&mut |e| f(MapId::Tgt, e))), 0);
+        let ids = IdGenerator::new("n", 1, &[1; 32]);
+        let kept: Vec<_> = (0..20).map(|_| ids.mint(TicketKind::Tgt)).collect();
+        for id in &kept {
+            map.insert(id, tgt()).await.expect("insert");
+        }
+        let ended = ids.mint(TicketKind::Tgt);
+        map.insert(&ended, tgt()).await.expect("insert");
+        map.take(&ended).await.expect("logout");
+        for round in 0..50u64 {
+            for id in &kept {
+                let grant = TgtChange::Granted {
+                    ticket: format!("ST-{round}"),
+                    service: "https://a.example".into(),
+                    at: round,
+                };
+                map.change(id, grant).await.expect("grant");
+            }
+        }
+        store.flush();
+        let held = map.held();
+        store.close();
+        drop(store);
+        let (store, recovered) = Store::open(&d, &key, Durability::Sync).expect("reopen");
+        let restored =
+            ReplicatedMap::<Tgt>::new(MapPolicy::of(MapId::Tgt, &ExpiryPolicy::default(), 1), Arc::new(SingleNode));
+        for (_, e) in &recovered.records {
+            restored.restore(e);
+        }
+        assert_eq!((restored.len(), restored.held()), (20, held), "the live sessions and the tombstone");
+        // 1,023 changes were written; compactions keep the file near the threshold, not near the history.
+        let records = recovered.records.len();
+        assert!((21..=201).contains(&records), "{records} records read back");
+        for id in &kept {
+            assert!(restored.get(id).await.is_some());
+        }
+        store.close();
+        let _ = fs::remove_dir_all(&d);
     }
 }
