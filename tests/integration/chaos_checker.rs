@@ -4,7 +4,7 @@
 use std::process::Command;
 
 fn check(name: &str, history: &[serde_json::Value], faults: &[serde_json::Value]) -> (bool, String) {
-    check_with_journals(name, history, faults, &[])
+    check_with_journals(name, history, faults, &[], false)
 }
 
 /// Runs the checker with one journal per entry of `journals` (lines of `lab.consume_journal`).
@@ -13,6 +13,7 @@ fn check_with_journals(
     history: &[serde_json::Value],
     faults: &[serde_json::Value],
     journals: &[Vec<String>],
+    durable: bool,
 ) -> (bool, String) {
     let dir = std::env::temp_dir().join(format!("casd-checker-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -26,6 +27,9 @@ fn check_with_journals(
         let path = dir.join(format!("h{i}.consumed"));
         std::fs::write(&path, journal.iter().map(|l| format!("{l}\n")).collect::<String>()).expect("journal");
         cmd.arg("--journal").arg(path);
+    }
+    if durable {
+        cmd.arg("--durable");
     }
     let out = cmd.output().expect("python3 runs");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
@@ -110,13 +114,14 @@ fn each_violation_is_caught() {
 fn the_journals_count_successes_clients_never_saw() {
     let tgt = "TGT-x-n1";
     let once = vec![consumed("ST-a-n1", "h2", 100.5)];
-    let (ok, out) = check_with_journals("journal-clean", &session(tgt), &[], &[once.clone(), vec![]]);
+    let (ok, out) = check_with_journals("journal-clean", &session(tgt), &[], &[once.clone(), vec![]], false);
     assert!(ok, "{out}");
     let mut twice = session(tgt);
     twice.push(op("validate", 3, 100.6, false, serde_json::json!({"st": "ST-a-n1", "status": 0})));
-    let (ok, out) = check_with_journals("journal-twice", &twice, &[], &[once, vec![consumed("ST-a-n1", "h3", 100.6)]]);
+    let (ok, out) =
+        check_with_journals("journal-twice", &twice, &[], &[once, vec![consumed("ST-a-n1", "h3", 100.6)]], false);
     assert!(!ok && out.contains("VIOLATION I1") && out.contains("consumed 2 times"), "{out}");
-    let (ok, out) = check_with_journals("journal-missing", &session(tgt), &[], &[vec![], vec![]]);
+    let (ok, out) = check_with_journals("journal-missing", &session(tgt), &[], &[vec![], vec![]], false);
     assert!(!ok && out.contains("in no node's journal"), "{out}");
 }
 
@@ -147,6 +152,9 @@ fn only_the_durability_bound_excuses_a_lost_session() {
     assert!(!ok && out.contains("VIOLATION I2"), "killed 6 s after the heal: lost\n{out}");
     let (ok, out) = check("bound-not-cut", &lost(80.0), &faults(110.5));
     assert!(!ok && out.contains("VIOLATION I2"), "made before the cut: it reached the others\n{out}");
+    // Under durability sync the issuer's disk held it: the same loss is a violation (issue 14).
+    let (ok, out) = check_with_journals("bound-durable", &lost(100.0), &faults(110.5), &[], true);
+    assert!(!ok && out.contains("VIOLATION I2") && out.contains("none excused"), "durable: no excuse\n{out}");
 }
 
 /// I3 during the run: the old cookie gives SSO after a confirmed logout while the cluster was whole; the same
