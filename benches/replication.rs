@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use casd::NodeHandle;
 use casd::clock::now_ms;
 use casd::cluster::seal::{ClusterKey, Opener, Purpose, Sealer};
-use casd::ticket::Principal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -234,20 +233,9 @@ fn seal_and_open(len: usize) -> (Duration, Duration) {
     (seal, t.elapsed() / n)
 }
 
-fn principal() -> Principal {
-    let attributes = [
-        ("mail".to_owned(), vec!["casuser@example.org".to_owned()]),
-        ("memberOf".to_owned(), vec!["staff".to_owned(), "demo".to_owned()]),
-        ("displayName".to_owned(), vec!["CAS Demo User".to_owned()]),
-    ]
-    .into_iter()
-    .collect();
-    Principal { id: "casuser".into(), attributes }
-}
-
 async fn replicated_writes(node: &NodeHandle, writers: usize, total: usize) -> support::Stats {
     let registry = node.registry().clone();
-    let p = principal();
+    let p = support::principal();
     run(writers, total, move |_| {
         let (registry, p) = (registry.clone(), p.clone());
         async move {
@@ -446,7 +434,7 @@ fn main() {
         let key = ClusterKey::generate();
         let first = support::node("t1", Some(&key), vec![], 3).await;
         for _ in 0..100_000 {
-            first.registry().issue_tgt(principal(), now_ms()).await.expect("tgt");
+            first.registry().issue_tgt(support::principal(), now_ms()).await.expect("tgt");
         }
         let seed = vec![first.cluster().expect("c").gossip_addr().to_string()];
         let t = Instant::now();
@@ -472,7 +460,7 @@ fn main() {
         let lone = support::node("m1", Some(&key), vec![], 3).await;
         let before = rss_bytes();
         for _ in 0..count {
-            lone.registry().issue_tgt(principal(), now_ms()).await.expect("tgt");
+            lone.registry().issue_tgt(support::principal(), now_ms()).await.expect("tgt");
         }
         let after = rss_bytes();
         println!(

@@ -20,27 +20,16 @@ use casd::registry::persist::Persist;
 use casd::registry::replicated::{MapPolicy, ReplicatedMap, SingleNode};
 use casd::store::format::{Sealer, StorageKey};
 use casd::store::{Durability, Store};
-use casd::ticket::{ExpiryPolicy, IdGenerator, Principal, Tgt, TicketKind};
+use casd::ticket::{ExpiryPolicy, IdGenerator, Tgt, TicketKind};
 use casd::{Config, Node};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn principal() -> Principal {
-    let attributes = [
-        ("mail".to_owned(), vec!["casuser@example.org".to_owned()]),
-        ("memberOf".to_owned(), vec!["staff".to_owned(), "demo".to_owned()]),
-        ("displayName".to_owned(), vec!["CAS Demo User".to_owned()]),
-    ]
-    .into_iter()
-    .collect();
-    Principal { id: "casuser".into(), attributes }
-}
-
 fn tgt_entry(ids: &IdGenerator) -> Entry {
     let now = now_ms();
-    let tgt = Tgt { principal: principal(), created: now, last_used: now, services: Default::default() };
+    let tgt = Tgt { principal: support::principal(), created: now, last_used: now, services: Default::default() };
     Entry::Live { id: ids.mint(TicketKind::Tgt).to_string(), value: postcard::to_allocvec(&tgt).expect("ser") }
 }
 
@@ -181,7 +170,7 @@ fn main() {
             let write = move || {
                 let registry = registry.clone();
                 async move {
-                    registry.issue_tgt(principal(), now_ms()).await.expect("write");
+                    registry.issue_tgt(support::principal(), now_ms()).await.expect("write");
                 }
             };
             let one = run(1, writes / 4, write.clone()).await;
@@ -257,7 +246,7 @@ fn main() {
                 let registry = registry.clone();
                 tokio::spawn(async move {
                     for _ in 0..per_task {
-                        registry.issue_tgt(principal(), now_ms()).await.expect("tgt");
+                        registry.issue_tgt(support::principal(), now_ms()).await.expect("tgt");
                     }
                 })
             })

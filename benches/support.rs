@@ -64,3 +64,15 @@ impl Stats {
         println!("| {name} | {} | {:.0} | {:.1?} | {:.1?} |", self.ops, self.per_second(), self.p50, self.p99);
     }
 }
+
+/// The demo user's principal with three attributes, as every bench's TGTs carry.
+pub fn principal() -> casd::ticket::Principal {
+    let attributes = [
+        ("mail".to_owned(), vec!["casuser@example.org".to_owned()]),
+        ("memberOf".to_owned(), vec!["staff".to_owned(), "demo".to_owned()]),
+        ("displayName".to_owned(), vec!["CAS Demo User".to_owned()]),
+    ]
+    .into_iter()
+    .collect();
+    casd::ticket::Principal { id: "casuser".into(), attributes }
+}

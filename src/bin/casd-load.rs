@@ -172,27 +172,7 @@ fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
 impl Cas {
     /// A password login on `base`; the ticket-granting cookie value.
     async fn login(&self, base: &str) -> anyhow::Result<String> {
-        let (host, prefix) = origin(base)?;
-        let mut c = Conn::open(&host).await?;
-        let (status, _, page) =
-            c.call("GET", &format!("{prefix}/login?service={}", enc(&self.service)), &[], None).await?;
-        let page = String::from_utf8_lossy(&page);
-        let lt = between(&page, "name=\"lt\" value=\"", "\"").ok_or_else(|| anyhow!("no login form ({status})"))?;
-        let form = format!(
-            "username={}&password={}&lt={}&service={}",
-            enc(&self.user),
-            enc(&self.password),
-            enc(lt),
-            enc(&self.service)
-        );
-        let headers = [("content-type", "application/x-www-form-urlencoded")];
-        let (status, headers, _) = c.call("POST", &format!("{prefix}/login"), &headers, Some(form)).await?;
-        let cookie = headers
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|v| v.split(';').next()?.strip_prefix("TGC=").map(str::to_owned));
-        cookie.ok_or_else(|| anyhow!("login refused ({status})"))
+        Target::open(base).await?.login(self).await
     }
 }
 
@@ -218,8 +198,9 @@ impl Target {
         ticket.map(str::to_owned).ok_or_else(|| anyhow!("SSO gave no ticket ({status})"))
     }
 
-    /// A password login on this connection: the form (for its login ticket), then the credentials.
-    async fn login(&mut self, cas: &Cas) -> anyhow::Result<()> {
+    /// A password login on this connection: the form (for its login ticket), then the credentials. The
+    /// ticket-granting cookie value.
+    async fn login(&mut self, cas: &Cas) -> anyhow::Result<String> {
         let path = format!("{}/login?service={}", self.prefix, enc(&cas.service));
         let (status, _, page) = self.conn.call("GET", &path, &[], None).await?;
         let page = String::from_utf8_lossy(&page);
@@ -234,10 +215,12 @@ impl Target {
         let headers = [("content-type", "application/x-www-form-urlencoded")];
         let (status, headers, _) =
             self.conn.call("POST", &format!("{}/login", self.prefix), &headers, Some(form)).await?;
-        match headers.get("set-cookie") {
-            Some(_) if status == 302 => Ok(()),
-            _ => bail!("login refused ({status})"),
-        }
+        let cookie = headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| v.split(';').next()?.strip_prefix("TGC=").map(str::to_owned));
+        cookie.ok_or_else(|| anyhow!("login refused ({status})"))
     }
 
     async fn validate(&mut self, service: &str, ticket: &str) -> anyhow::Result<()> {
@@ -427,7 +410,8 @@ async fn main() -> anyhow::Result<()> {
                 states.push((Target::open(&cas.issue[w % cas.issue.len()]).await?, cas.clone()));
             }
             let (lat, errors, elapsed, cpu) =
-                drive(&load, states, |(target, cas), _| Box::pin(async move { target.login(cas).await })).await;
+                drive(&load, states, |(target, cas), _| Box::pin(async move { target.login(cas).await.map(drop) }))
+                    .await;
             report(&load, lat, errors, elapsed, cpu);
             Ok(())
         }

@@ -583,34 +583,10 @@ impl<V: Ticket> MapReplica for ReplicatedMap<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::replication::replica::ReplicaError;
     use crate::ticket::{IdGenerator, Principal, Tgt, TgtChange, TicketKind};
 
-    /// A cluster of one: every write has one copy, every ticket is this node's.
-    struct Alone;
-
-    #[async_trait]
-    impl Replicas for Alone {
-        async fn replicate(&self, _map: MapId, _entry: Entry) -> usize {
-            1
-        }
-
-        fn owner(&self, _node: &str, _generation: u64) -> Owner {
-            Owner::Me
-        }
-
-        async fn forward_consume(
-            &self,
-            _owner: &Owner,
-            _map: MapId,
-            _id: &str,
-        ) -> Result<Option<Vec<u8>>, ReplicaError> {
-            Err(ReplicaError::LinkDown { node: "none".into() })
-        }
-    }
-
     fn map() -> ReplicatedMap<Tgt> {
-        ReplicatedMap::new(MapPolicy::of(MapId::Tgt, &ExpiryPolicy::default(), 1), Arc::new(Alone))
+        ReplicatedMap::new(MapPolicy::of(MapId::Tgt, &ExpiryPolicy::default(), 1), Arc::new(SingleNode))
     }
 
     fn tgt(created: EpochMs) -> Tgt {
