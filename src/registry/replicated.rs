@@ -35,6 +35,9 @@ enum Slot<V> {
     },
 }
 
+/// A slot's id and state, gathered out of the table: the value, or the tombstone's collection time.
+type Gathered<V> = (TicketId, Result<Arc<V>, EpochMs>);
+
 /// A slot with its digest bucket, kept beside it so that serving a page of buckets scans the table alone: hashing
 /// every id again meant a cache miss per entry, which was most of a state transfer's time.
 struct Held<V> {
@@ -190,12 +193,19 @@ impl<V: Ticket> ReplicatedMap<V> {
         }
     }
 
-    /// Every entry, tombstones included, for a compaction of the journal. References are gathered first, so no
-    /// shard lock is held while entries are serialised.
+    /// Every entry, tombstones included, for a compaction of the journal.
     pub fn for_each_entry(&self, f: &mut dyn FnMut(Entry)) {
-        let held: Vec<(TicketId, Result<Arc<V>, EpochMs>)> = self
-            .slots
+        for (id, state) in self.gather(|_, _| true) {
+            f(Self::entry_of(&id, state));
+        }
+    }
+
+    /// The slots `wanted` picks, as references gathered first, so that no shard lock is held while entries are
+    /// serialised.
+    fn gather(&self, wanted: impl Fn(&TicketId, &Held<V>) -> bool) -> Vec<Gathered<V>> {
+        self.slots
             .iter()
+            .filter(|e| wanted(e.key(), e.value()))
             .map(|e| {
                 let state = match &e.value().slot {
                     Slot::Live(v, _) => Ok(v.clone()),
@@ -203,15 +213,15 @@ impl<V: Ticket> ReplicatedMap<V> {
                 };
                 (e.key().clone(), state)
             })
-            .collect();
-        for (id, state) in held {
-            f(match state {
-                Ok(v) => Entry::Live {
-                    id: id.to_string(),
-                    value: postcard::to_allocvec(&*v).expect("tickets always serialise"),
-                },
-                Err(gc_after) => Entry::Removed { id: id.to_string(), gc_after },
-            });
+            .collect()
+    }
+
+    fn entry_of(id: &TicketId, state: Result<Arc<V>, EpochMs>) -> Entry {
+        match state {
+            Ok(v) => {
+                Entry::Live { id: id.to_string(), value: postcard::to_allocvec(&*v).expect("tickets always serialise") }
+            }
+            Err(gc_after) => Entry::Removed { id: id.to_string(), gc_after },
         }
     }
 
@@ -547,28 +557,12 @@ impl<V: Ticket> MapReplica for ReplicatedMap<V> {
             }
         }
         // Gather references first and serialise only what goes into this page.
-        let mut found: Vec<(TicketId, Result<Arc<V>, EpochMs>)> = self
-            .slots
-            .iter()
-            .filter(|e| wanted[usize::from(e.value().bucket)] && after.is_none_or(|a| e.key().as_str() > a))
-            .map(|e| {
-                let state = match &e.value().slot {
-                    Slot::Live(v, _) => Ok(v.clone()),
-                    Slot::Removed { gc_after } => Err(*gc_after),
-                };
-                (e.key().clone(), state)
-            })
-            .collect();
+        let mut found =
+            self.gather(|id, held| wanted[usize::from(held.bucket)] && after.is_none_or(|a| id.as_str() > a));
         found.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
         let (mut entries, mut bytes) = (Vec::new(), 0);
         for (id, state) in found {
-            let entry = match state {
-                Ok(v) => Entry::Live {
-                    id: id.to_string(),
-                    value: postcard::to_allocvec(&*v).expect("tickets always serialise"),
-                },
-                Err(gc_after) => Entry::Removed { id: id.to_string(), gc_after },
-            };
+            let entry = Self::entry_of(&id, state);
             let size = entry.id().len() + 16 + if let Entry::Live { value, .. } = &entry { value.len() } else { 0 };
             if !entries.is_empty() && bytes + size > max_bytes {
                 return (entries, true);
