@@ -241,6 +241,14 @@ fn build_app(
     })
 }
 
+/// Syncs and closes the journal once nothing writes to it any more (HTTP drained, replication stopped), and unlocks
+/// its directory.
+async fn close(store: Option<Arc<Store>>) {
+    if let Some(store) = store {
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    }
+}
+
 impl NodeHandle {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
@@ -287,11 +295,12 @@ impl NodeHandle {
         if let Some(cluster) = &self.cluster {
             cluster.announce_leaving().await;
         }
-        let cluster = self.cluster.take();
+        let (cluster, store) = (self.cluster.take(), self.store.take());
         self.stop_serving().await;
         if let Some(cluster) = cluster {
             cluster.stop().await;
         }
+        close(store).await;
     }
 
     /// Stops as a crash would look to peers: no leave message, the cluster gone before the HTTP side.
@@ -299,7 +308,9 @@ impl NodeHandle {
         if let Some(cluster) = self.cluster.take() {
             cluster.stop().await;
         }
+        let store = self.store.take();
         self.stop_serving().await;
+        close(store).await;
     }
 
     async fn stop_serving(self) {
@@ -314,9 +325,6 @@ impl NodeHandle {
             );
             self.stops.abort.cancel();
             self.connections.wait().await;
-        }
-        if let Some(store) = self.store {
-            let _ = tokio::task::spawn_blocking(move || store.close()).await;
         }
     }
 
