@@ -135,6 +135,29 @@ async fn a_torn_tail_is_cut_and_the_rest_kept() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A config file for the real binary: JSON logs, an ephemeral port, a journal under `sync` in `<dir>/data`.
+fn binary_config(name: &str) -> (PathBuf, PathBuf) {
+    let dir = data_dir(name);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("casd.toml");
+    let text = casd::config::EMBEDDED_DEFAULT
+        .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
+        .replace("format = \"human\"", "format = \"json\"")
+        + &format!(
+            "\n[storage]\ndurability = \"sync\"\ndir = \"data\"\nkey = \"{KEY}\"\n\n[limits]\nmax_sessions_per_user = 100000\n"
+        );
+    std::fs::write(&config, text).expect("write");
+    (dir, config)
+}
+
+fn bare_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client")
+}
+
 /// A login against a bare URL, never panicking (the server may be killed under it): the TGC when it was answered.
 async fn try_login(client: &reqwest::Client, base: &str, service: &str) -> Option<String> {
     let form = client.get(format!("{base}/login?service={}", enc(service))).send().await.ok()?;
@@ -173,21 +196,8 @@ async fn kill_9_under_load_loses_no_acknowledged_login_or_logout() {
     const SERVICE: &str = "http://127.0.0.1:9/app";
     // More kill points for a longer run: CASD_KILL_ROUNDS=100 cargo test ... kill_9 (at most 1,000).
     let rounds: usize = std::env::var("CASD_KILL_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(6).min(1000);
-    let dir = data_dir("kill9");
-    std::fs::create_dir_all(&dir).expect("dir");
-    let config = dir.join("casd.toml");
-    let text = casd::config::EMBEDDED_DEFAULT
-        .replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:0\"")
-        .replace("format = \"human\"", "format = \"json\"")
-        + &format!(
-            "\n[storage]\ndurability = \"sync\"\ndir = \"data\"\nkey = \"{KEY}\"\n\n[limits]\nmax_sessions_per_user = 100000\n"
-        );
-    std::fs::write(&config, text).expect("write");
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client");
+    let (dir, config) = binary_config("kill9");
+    let client = bare_client();
     let (mut alive, mut dead): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
     for round in 0..=rounds {
         let ServingBinary { mut child, lines, base } = ServingBinary::start(&config);
@@ -344,5 +354,51 @@ async fn storage_commands_inspect_export_and_import() {
     std::fs::write(&memory_only, casd::config::EMBEDDED_DEFAULT).expect("write");
     let (ok, text) = casd(&["storage", "inspect", "--config", &memory_only.display().to_string()]);
     assert!(!ok && text.contains("off.toml") && text.contains("storage.durability"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A full disk (here the file-size limit, EFBIG, which takes the same path as ENOSPC) fails the login it cannot
+/// store with a 503 and loses nothing stored before it: the node goes on serving pages, and after a restart with
+/// room again every login that was answered is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_the_login_and_loses_nothing_stored() {
+    const SERVICE: &str = "http://127.0.0.1:9/app";
+    let (dir, config) = binary_config("full");
+    let client = bare_client();
+    // 8 KiB of journal at most; SIGXFSZ ignored, so the write fails instead of killing the process.
+    let ServingBinary { mut child, lines, base } = ServingBinary::start_after("trap '' XFSZ; ulimit -f 8", &config);
+    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<String>>());
+    let (mut acked, mut refused) = (Vec::new(), 0);
+    for _ in 0..300 {
+        match try_login(&client, &base, SERVICE).await {
+            Some(tgc) => {
+                acked.push(tgc);
+                refused = 0;
+            }
+            None => refused += 1,
+        }
+        if refused == 3 {
+            break;
+        }
+    }
+    assert!(acked.len() >= 5 && refused == 3, "{} logins stored, then 3 refused in a row", acked.len());
+    let page = client.post(format!("{base}/login")).form(&[("username", USER)]).send().await.expect("serving");
+    assert_eq!(page.status().as_u16(), 400, "the node still serves (a form without its login ticket)");
+    child.kill().expect("kill");
+    let _ = child.wait();
+    let log = log.join().expect("log");
+    assert!(
+        log.iter().any(|l| l.contains("journal write failed")
+            && l.contains(&dir.join("data").join("journal").display().to_string())),
+        "the error names the file"
+    );
+
+    let ServingBinary { mut child, lines, base } = ServingBinary::start(&config);
+    std::thread::spawn(move || lines.for_each(drop));
+    for tgc in &acked {
+        assert_eq!(gives_sso(&client, &base, tgc, SERVICE).await, Some(true), "a stored login was lost");
+    }
+    child.kill().expect("kill");
+    let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -361,10 +361,23 @@ pub struct ServingBinary {
 
 impl ServingBinary {
     pub fn start(config: &std::path::Path) -> Self {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_casd"));
+        command.args(["serve", "--config"]).arg(config);
+        Self::spawn(command)
+    }
+
+    /// As [`ServingBinary::start`], after the shell commands `prelude` (limits, signal dispositions) in the
+    /// process that then becomes casd.
+    pub fn start_after(prelude: &str, config: &std::path::Path) -> Self {
+        let mut command = std::process::Command::new("bash");
+        command.arg("-c").arg(format!("{prelude}; exec \"$0\" serve --config \"$1\"")).arg(env!("CARGO_BIN_EXE_casd"));
+        command.arg(config);
+        Self::spawn(command)
+    }
+
+    fn spawn(mut command: std::process::Command) -> Self {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_casd"))
-            .args(["serve", "--config"])
-            .arg(config)
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
