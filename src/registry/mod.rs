@@ -75,7 +75,7 @@ impl Maps {
             let entries = tgt.held() + pgt.held();
             let (t, p) = (tgt.clone(), pgt.clone());
             store.compact_from(
-                Box::new(move |f| {
+                Arc::new(move |f| {
                     t.for_each_entry(&mut |e| f(MapId::Tgt, e));
                     p.for_each_entry(&mut |e| f(MapId::Pgt, e));
                 }),
