@@ -354,7 +354,7 @@ fn rand_suffix() -> u64 {
 
 /// The `casd` binary serving `config` (which must log JSON), with its stdout lines and the URL it serves at.
 pub struct ServingBinary {
-    pub child: std::process::Child,
+    pub child: KillOnDrop,
     pub lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
     pub base: String,
 }
@@ -391,7 +391,31 @@ impl ServingBinary {
                 break v["url"].as_str().expect("url").to_owned();
             }
         };
-        Self { child, lines, base }
+        Self { child: KillOnDrop(child), lines, base }
+    }
+}
+
+/// A child process killed (and reaped) when dropped, so that a test that fails half-way leaves no server behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
