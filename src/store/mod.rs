@@ -91,7 +91,13 @@ pub struct Store {
     path: PathBuf,
     writer: Mutex<Option<JoinHandle<()>>>,
     lock: File,
+    /// Changes nobody waits for: the writer takes them every `GATHER` or when it wakes for a waited-for change, so
+    /// that they cost their senders no wake-up of the writer (a futex call each, which under load cost as much CPU
+    /// as the rest of a write). Records are joins, so their order against waited-for ones does not matter.
+    lazy: Lazy,
 }
+
+type Lazy = Arc<Mutex<Vec<(MapId, Entry)>>>;
 
 impl Store {
     /// Opens (or creates) the journal in `dir`, reads it back and cuts a torn tail. Errors name the path: a
@@ -143,7 +149,9 @@ impl Store {
             Err(e) => return Err(io(&path, "cannot read")(e)),
         };
         let (tx, rx) = mpsc::channel();
+        let lazy = Lazy::default();
         let writer = Writer {
+            lazy: lazy.clone(),
             file,
             sealer,
             key: key.clone(),
@@ -159,7 +167,7 @@ impl Store {
             .name("casd-journal".into())
             .spawn(move || writer.run(rx, durability))
             .map_err(io(&path, "cannot start the journal writer"))?;
-        let store = Self { tx, durability, path, writer: Mutex::new(Some(thread)), lock };
+        let store = Self { tx, durability, path, writer: Mutex::new(Some(thread)), lock, lazy };
         Ok((Arc::new(store), recovered))
     }
 
@@ -231,7 +239,7 @@ impl Persist for Store {
     }
 
     fn record_lazily(&self, map: MapId, entry: &Entry) {
-        self.send(Command::Append { map, entry: entry.clone(), done: None });
+        self.lazy.lock().unwrap_or_else(|e| e.into_inner()).push((map, entry.clone()));
     }
 }
 
@@ -295,6 +303,7 @@ fn snapshot(source: &Source, key: &StorageKey, path: &Path) -> Result<Snapshot, 
 }
 
 struct Writer {
+    lazy: Lazy,
     file: File,
     sealer: Sealer,
     key: StorageKey,
@@ -308,8 +317,8 @@ struct Writer {
     compacting: Option<Compaction>,
 }
 
-/// Under `interval`, how long the writer lets changes gather between writes: what a crash of the process (not of
-/// the machine) can lose at most.
+/// How often the writer takes the changes nobody waits for: what a crash of the process (not of the machine) can
+/// lose of them at most.
 const GATHER: Duration = Duration::from_millis(2);
 /// Under `sync`, how soon changes nobody waits for (peers' writes joined here, expiries) are synced when no
 /// waited-for change brings a sync sooner.
@@ -331,17 +340,10 @@ impl Writer {
                 Durability::Sync => LAZY_SYNC,
                 Durability::Interval(every) => every,
             };
-            let first = match dirty {
-                true => rx.recv_timeout(every.saturating_sub(last_sync.elapsed())),
-                false => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
-            let mut batch = match first {
-                Ok(command) => vec![command],
-                Err(RecvTimeoutError::Timeout) => Vec::new(),
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.file.sync_data();
-                    return;
-                }
+            let (mut batch, gone) = match rx.recv_timeout(GATHER) {
+                Ok(command) => (vec![command], false),
+                Err(RecvTimeoutError::Timeout) => (Vec::new(), false),
+                Err(RecvTimeoutError::Disconnected) => (Vec::new(), true),
             };
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -350,8 +352,16 @@ impl Writer {
                 }
             }
             let (position, before) = (self.sealer.position(), self.records);
-            let (mut closing, mut finish) = (false, false);
+            let (mut closing, mut finish) = (gone, false);
             let mut appended = Vec::new();
+            let lazy = std::mem::take(&mut *self.lazy.lock().unwrap_or_else(|e| e.into_inner()));
+            for (map, entry) in lazy {
+                self.sealer.seal(map, &entry, &mut buf);
+                self.records += 1;
+                if self.compacting.is_some() {
+                    appended.push((map, entry));
+                }
+            }
             for command in batch {
                 match command {
                     Command::Append { map, entry, done } => {
@@ -378,7 +388,7 @@ impl Writer {
                 result = self.file.write_all(&buf);
                 dirty = true;
             }
-            let due = !waiters.is_empty() || !flushes.is_empty() || last_sync.elapsed() >= every;
+            let due = !waiters.is_empty() || !flushes.is_empty() || closing || last_sync.elapsed() >= every;
             if result.is_ok() && dirty && due {
                 result = self.file.sync_data();
                 dirty = false;
@@ -409,11 +419,6 @@ impl Writer {
             }
             if closing {
                 return;
-            }
-            if let Durability::Interval(_) = durability {
-                // Let the next changes gather while nobody waits for them: a writer parked in `recv` costs every
-                // sender a wake-up (a futex call), which under load cost as much CPU as the rest of a write.
-                std::thread::sleep(GATHER);
             }
             let grown = self.records > self.min_records && self.records > 4 * self.entries_at_compaction.max(1);
             if grown && self.compacting.is_none() {
