@@ -15,6 +15,7 @@ pub mod params;
 pub mod pgt_callback;
 mod proxy;
 pub mod render;
+mod rest;
 mod router;
 mod saml;
 pub mod services;

@@ -13,7 +13,7 @@ use axum::response::IntoResponse;
 use axum::response::{Redirect, Response};
 use axum::routing::{get, post};
 
-use super::{AppState, login, logout, proxy, saml, validate};
+use super::{AppState, login, logout, proxy, rest, saml, validate};
 
 /// The largest login form body: username, password and service at their [limits] defaults, with room to spare.
 const LOGIN_FORM_BYTES: usize = 64 << 10;
@@ -33,6 +33,14 @@ pub fn router(app: AppState, extra: Router) -> Router {
         .route("/p3/proxyValidate", get(validate::v3_proxy).post(validate::v3_proxy))
         .route("/proxy", get(proxy::proxy))
         .route("/samlValidate", post(saml::validate))
+        .route("/v1/tickets", post(rest::create_tgt).layer(DefaultBodyLimit::max(LOGIN_FORM_BYTES)))
+        .route(
+            "/v1/tickets/{tgt}",
+            post(rest::create_st)
+                .get(rest::status)
+                .delete(rest::destroy)
+                .layer(DefaultBodyLimit::max(LOGIN_FORM_BYTES)),
+        )
         .layer(axum::middleware::from_fn_with_state(app.clone(), only_when_ready))
         .with_state(app.clone())
         .merge(extra)

@@ -11,6 +11,7 @@ mod logout;
 mod ops;
 mod proxy;
 mod replication;
+mod rest;
 mod saml;
 mod shutdown;
 mod slo;
