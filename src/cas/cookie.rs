@@ -4,6 +4,21 @@
 use axum::http::HeaderMap;
 use axum::http::header::COOKIE;
 
+/// The name of the warn cookie, as Apereo names it.
+const WARN_COOKIE: &str = "CASPRIVACY";
+
+/// A cookie's value in the request, if the browser sent it.
+fn read_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"').to_owned())
+}
+
 #[derive(Clone, Debug)]
 pub struct TgcCookie {
     pub name: String,
@@ -14,14 +29,21 @@ pub struct TgcCookie {
 impl TgcCookie {
     /// The cookie's value in the request, if the browser sent one.
     pub fn read(&self, headers: &HeaderMap) -> Option<String> {
-        headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| *k == self.name)
-            .map(|(_, v)| v.trim_matches('"').to_owned())
+        read_cookie(headers, &self.name)
+    }
+
+    /// The `warn` cookie (Apereo's `CASPRIVACY`): set by a login with the `warn` box ticked, it makes every later
+    /// single sign-on of this browser stop at a page naming the application (CAS 3.0 §2.1.1 `warn`).
+    pub fn warn_set(&self) -> String {
+        format!("{WARN_COOKIE}=true; {}", self.attributes())
+    }
+
+    pub fn warn_clear(&self) -> String {
+        format!("{WARN_COOKIE}=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; {}", self.attributes())
+    }
+
+    pub fn warns(&self, headers: &HeaderMap) -> bool {
+        read_cookie(headers, WARN_COOKIE).is_some_and(|v| v == "true")
     }
 
     pub fn set(&self, value: &str) -> String {

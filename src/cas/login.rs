@@ -104,6 +104,10 @@ pub async fn form(State(app): State<AppState>, headers: HeaderMap, Query(p): Que
         (LoginStep::GrantTicket, Some(s), Some(tgt)) => match app.registry.grant_st(&tgt, s, false, now).await {
             Ok(st) => {
                 app.metrics.issued(TicketKind::St);
+                // `warn` (the request's, or the browser's warn cookie): single sign-on must not be transparent.
+                if method == ResponseMethod::Get && (p.flag("warn") || app.cookie.warns(&headers)) {
+                    return warn_page(&app, s, &st);
+                }
                 send_ticket(&app, s, &st, method)
             }
             Err(e) => {
@@ -207,6 +211,7 @@ pub async fn submit(
     app.metrics.logins_ok.fetch_add(1, Ordering::Relaxed);
     app.metrics.issued(TicketKind::Tgt);
     let cookie = app.cookie.set(tgt.as_str());
+    let warn = if form.flag("warn") { app.cookie.warn_set() } else { app.cookie.warn_clear() };
     let mut response = match service {
         Some(s) => match app.registry.grant_st(&tgt, s, true, now).await {
             Ok(st) => {
@@ -223,10 +228,28 @@ pub async fn submit(
             Some((&format!("{}/logout", app.base_path), "Log out")),
         ),
     };
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().append(SET_COOKIE, v);
+    for c in [cookie, warn] {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            response.headers_mut().append(SET_COOKIE, v);
+        }
     }
     response
+}
+
+/// The `warn` interstitial (CAS 3.0 §2.1.1): the ticket is issued, but the browser goes on only if its user says
+/// so. Only to a registered service, as every redirect.
+fn warn_page(app: &AppState, service: &str, st: &TicketId) -> Response {
+    let name = app.services.find(service).map_or(service, |s| s.name.as_str());
+    app.pages.message(
+        StatusCode::OK,
+        "Continue to the application?",
+        &format!(
+            "You asked to be told before you are logged in to another application. You are about to log in to \
+             {name}."
+        ),
+        Tone::Ok,
+        Some((&with_query_param(service, "ticket", st.as_str()), "Continue")),
+    )
 }
 
 /// A login from a browser that still holds a session cookie (a `renew=true` login, or a second login over SSO)
@@ -266,6 +289,7 @@ async fn show_form(app: &AppState, status: StatusCode, p: &Params, error: Option
         method: ResponseMethod::parse(p).form_value(),
         username,
         error,
+        warn: p.flag("warn"),
     };
     app.pages.login(status, &format!("{}/login", app.base_path), &form)
 }

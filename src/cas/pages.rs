@@ -18,6 +18,8 @@ pub struct LoginForm<'a> {
     pub method: Option<&'a str>,
     pub username: &'a str,
     pub error: Option<&'a str>,
+    /// The `warn` box starts ticked (the request asked for it, or the browser holds the warn cookie).
+    pub warn: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -52,7 +54,7 @@ impl Pages {
     pub fn login(&self, status: StatusCode, action: &str, form: &LoginForm<'_>) -> Response {
         let ctx = context! {
             action, lt => form.lt, service => form.service, service_name => form.service_name,
-            method => form.method, username => form.username, error => form.error,
+            method => form.method, username => form.username, error => form.error, warn => form.warn,
         };
         (status, self.render("login.html", ctx)).into_response()
     }

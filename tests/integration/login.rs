@@ -214,3 +214,51 @@ async fn login_page_escapes_what_the_client_sends() {
     assert!(!body.contains("<script>x") && !body.contains("\"><"), "{body}");
     node.shutdown().await;
 }
+
+/// `warn`: a login with the box ticked sets the warn cookie, and single sign-on then stops at a page naming the
+/// application, whose Continue link carries a ticket that validates. `warn=true` on one request warns once; a
+/// login without the box clears the cookie.
+#[tokio::test]
+async fn warn_makes_single_sign_on_stop_at_a_page_naming_the_application() {
+    let node = start(|_| {}).await;
+    let base = node.base_url();
+    let mut b = Browser::new(&node);
+    let form = b.get(&format!("/login?service={}", enc(APP))).await;
+    assert!(form.body.contains("name=\"warn\""), "the login form offers the box");
+    let lt = lt_of(&form.body);
+    let page = b
+        .post_form(
+            "/login",
+            &[("username", USER), ("password", PASSWORD), ("lt", &lt), ("service", APP), ("warn", "true")],
+        )
+        .await;
+    assert_eq!(page.status, 302, "the login itself is not interrupted");
+    assert!(
+        page.set_cookie.iter().any(|c| c.starts_with("CASPRIVACY=true;") && c.contains("HttpOnly")),
+        "{:?}",
+        page.set_cookie
+    );
+    let tgc = b.tgc.clone().expect("session");
+    let sso = |cookies: String, extra: &'static str| {
+        let url = format!("{base}/login?service={}{extra}", enc(APP));
+        async move { http().get(url).header("Cookie", cookies).send().await.expect("sso") }
+    };
+    let warned = sso(format!("TGC={tgc}; CASPRIVACY=true"), "").await;
+    assert_eq!(warned.status().as_u16(), 200, "no redirect while warned");
+    let body = unescape_html(&warned.text().await.expect("body"));
+    assert!(body.contains("You are about to log in to"), "{body}");
+    let ticket =
+        regex::Regex::new(r"ticket=(ST-[A-Za-z0-9-]+)").expect("re").captures(&body).expect("a link")[1].to_owned();
+    let xml = call(&node, "/serviceValidate", &[("service", APP), ("ticket", &ticket)]).await;
+    assert_eq!(user_of(&xml).as_deref(), Some(USER), "{xml}");
+
+    assert_eq!(sso(format!("TGC={tgc}"), "").await.status().as_u16(), 302, "no cookie, no warning");
+    assert_eq!(sso(format!("TGC={tgc}"), "&warn=true").await.status().as_u16(), 200, "warn on the request");
+    let page = b.login_with(Some(APP), "&renew=true", USER, PASSWORD).await;
+    assert!(
+        page.set_cookie.iter().any(|c| c.starts_with("CASPRIVACY=;") && c.contains("Max-Age=0")),
+        "{:?}",
+        page.set_cookie
+    );
+    node.shutdown().await;
+}
