@@ -29,7 +29,13 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 fn tgt_entry(ids: &IdGenerator) -> Entry {
     let now = now_ms();
-    let tgt = Tgt { principal: support::principal(), created: now, last_used: now, services: Default::default() };
+    let tgt = Tgt {
+        principal: support::principal(),
+        created: now,
+        last_used: now,
+        services: Default::default(),
+        long_term: false,
+    };
     Entry::Live { id: ids.mint(TicketKind::Tgt).to_string(), value: postcard::to_allocvec(&tgt).expect("ser") }
 }
 

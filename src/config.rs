@@ -379,6 +379,12 @@ pub struct TicketsConfig {
     /// read regardless.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
+    /// Offer "remember me" on the login form: such a session gets a persistent cookie and the limits below.
+    pub remember_me: bool,
+    #[serde(with = "humantime_serde")]
+    pub remember_me_max_lifetime: Duration,
+    #[serde(with = "humantime_serde")]
+    pub remember_me_idle_timeout: Duration,
 }
 
 impl Default for TicketsConfig {
@@ -391,6 +397,9 @@ impl Default for TicketsConfig {
             tgt_idle_timeout: p.tgt_idle_timeout,
             lt_ttl: p.lt_ttl,
             sweep_interval: Duration::from_secs(30),
+            remember_me: p.remember_me,
+            remember_me_max_lifetime: p.remember_me_max_lifetime,
+            remember_me_idle_timeout: p.remember_me_idle_timeout,
         }
     }
 }
@@ -403,6 +412,9 @@ impl TicketsConfig {
             tgt_max_lifetime: self.tgt_max_lifetime,
             tgt_idle_timeout: self.tgt_idle_timeout,
             lt_ttl: self.lt_ttl,
+            remember_me: self.remember_me,
+            remember_me_max_lifetime: self.remember_me_max_lifetime,
+            remember_me_idle_timeout: self.remember_me_idle_timeout,
         }
     }
 }
@@ -718,6 +730,8 @@ impl Config {
             ("tickets.tgt_idle_timeout", t.tgt_idle_timeout),
             ("tickets.lt_ttl", t.lt_ttl),
             ("tickets.sweep_interval", t.sweep_interval),
+            ("tickets.remember_me_max_lifetime", t.remember_me_max_lifetime),
+            ("tickets.remember_me_idle_timeout", t.remember_me_idle_timeout),
             ("throttle.window", self.throttle.window),
             ("proxy.callback_timeout", self.proxy.callback_timeout),
             ("slo.timeout", self.slo.timeout),

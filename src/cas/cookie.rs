@@ -50,6 +50,11 @@ impl TgcCookie {
         format!("{}={value}; {}", self.name, self.attributes())
     }
 
+    /// A remember-me session's cookie: persistent (it survives the browser's restart) for `max_age`.
+    pub fn set_persistent(&self, value: &str, max_age: std::time::Duration) -> String {
+        format!("{}={value}; Max-Age={}; {}", self.name, max_age.as_secs(), self.attributes())
+    }
+
     pub fn clear(&self) -> String {
         format!("{}=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; {}", self.name, self.attributes())
     }

@@ -199,7 +199,9 @@ pub async fn submit(
     };
     app.throttle.record_success(username, addr);
     let user = principal.id.clone();
-    let tgt = match app.registry.issue_tgt(principal, now).await {
+    let policy = app.registry.policy();
+    let remember = policy.remember_me && form.flag("rememberMe");
+    let tgt = match app.registry.issue_session(principal, now, remember).await {
         Ok(tgt) => tgt,
         Err(e) => return unavailable(&app, &e),
     };
@@ -210,7 +212,10 @@ pub async fn submit(
     tracing::info!(tgt = %tgt.redacted(), "login succeeded");
     app.metrics.logins_ok.fetch_add(1, Ordering::Relaxed);
     app.metrics.issued(TicketKind::Tgt);
-    let cookie = app.cookie.set(tgt.as_str());
+    let cookie = match remember {
+        true => app.cookie.set_persistent(tgt.as_str(), policy.remember_me_max_lifetime),
+        false => app.cookie.set(tgt.as_str()),
+    };
     let warn = if form.flag("warn") { app.cookie.warn_set() } else { app.cookie.warn_clear() };
     let mut response = match service {
         Some(s) => match app.registry.grant_st(&tgt, s, true, now).await {
@@ -290,6 +295,7 @@ async fn show_form(app: &AppState, status: StatusCode, p: &Params, error: Option
         username,
         error,
         warn: p.flag("warn"),
+        remember_me: app.registry.policy().remember_me,
     };
     app.pages.login(status, &format!("{}/login", app.base_path), &form)
 }

@@ -20,6 +20,8 @@ pub struct LoginForm<'a> {
     pub error: Option<&'a str>,
     /// The `warn` box starts ticked (the request asked for it, or the browser holds the warn cookie).
     pub warn: bool,
+    /// Whether "remember me" is offered (`tickets.remember_me`).
+    pub remember_me: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -55,6 +57,7 @@ impl Pages {
         let ctx = context! {
             action, lt => form.lt, service => form.service, service_name => form.service_name,
             method => form.method, username => form.username, error => form.error, warn => form.warn,
+            remember_me => form.remember_me,
         };
         (status, self.render("login.html", ctx)).into_response()
     }

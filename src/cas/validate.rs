@@ -168,7 +168,7 @@ async fn validate(app: &AppState, p: &Params, endpoint: Endpoint) -> Result<Succ
                 "authenticationDate".to_owned(),
                 AttrValue::Text(humantime::format_rfc3339_seconds(authenticated).to_string()),
             ),
-            ("longTermAuthenticationRequestTokenUsed".to_owned(), AttrValue::Bool(false)),
+            ("longTermAuthenticationRequestTokenUsed".to_owned(), AttrValue::Bool(tgt.long_term)),
             ("isFromNewLogin".to_owned(), AttrValue::Bool(st.from_new_login)),
         ];
         attrs.extend(

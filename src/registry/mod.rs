@@ -235,8 +235,19 @@ impl TicketRegistry {
     }
 
     pub async fn issue_tgt(&self, principal: Principal, now: EpochMs) -> Result<TicketId, RegistryError> {
+        self.issue_session(principal, now, false).await
+    }
+
+    /// A new SSO session; `long_term` for a remember-me login (its own limits, when the policy allows them).
+    pub async fn issue_session(
+        &self,
+        principal: Principal,
+        now: EpochMs,
+        long_term: bool,
+    ) -> Result<TicketId, RegistryError> {
         let id = self.ids.mint(TicketKind::Tgt);
-        let tgt = Tgt { principal, created: now, last_used: now, services: Default::default() };
+        let long_term = long_term && self.policy.remember_me;
+        let tgt = Tgt { principal, created: now, last_used: now, services: Default::default(), long_term };
         self.maps.tgt.insert(&id, tgt).await?;
         Ok(id)
     }

@@ -127,8 +127,8 @@ impl MapPolicy {
         // its copy: the bug the owner rule exists to prevent, which the checker must catch.
         let one_time = if cfg!(feature = "unsafe-local-consume") { Everywhere } else { IssuerOnly };
         let (consumption, copies, lifetime, min_copies) = match map {
-            MapId::Tgt => (AnyNode, Everywhere, expiry.tgt_max_lifetime, session_min_copies),
-            MapId::Pgt => (AnyNode, Everywhere, expiry.tgt_max_lifetime, 1),
+            MapId::Tgt => (AnyNode, Everywhere, expiry.longest_tgt_lifetime(), session_min_copies),
+            MapId::Pgt => (AnyNode, Everywhere, expiry.longest_tgt_lifetime(), 1),
             MapId::St => (IssuingNode, one_time, expiry.st_ttl, 1),
             MapId::Pt => (IssuingNode, one_time, expiry.pt_ttl, 1),
             MapId::Lt => (IssuingNode, IssuerOnly, expiry.lt_ttl, 1),
@@ -589,6 +589,7 @@ mod tests {
             created,
             last_used: created,
             services: Default::default(),
+            long_term: false,
         }
     }
 

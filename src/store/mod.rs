@@ -517,6 +517,7 @@ mod tests {
             created: 1,
             last_used: 1,
             services: Default::default(),
+            long_term: false,
         }
     }
 

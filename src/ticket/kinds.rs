@@ -76,6 +76,8 @@ pub struct Tgt {
     /// logout names, as Apereo's default `only-track-most-recent-session`). Keyed by service so the map stays as
     /// small as the set of services, and merged per key, so concurrent grants for different services all survive.
     pub services: BTreeMap<String, Grant>,
+    /// Remember-me: the login asked for a long-term session (CAS 3.0 `longTermAuthenticationRequestTokenUsed`).
+    pub long_term: bool,
 }
 
 /// The latest ticket granted to one service.
@@ -121,11 +123,12 @@ impl Ticket for Tgt {
     }
 
     fn is_expired(&self, policy: &ExpiryPolicy, now: EpochMs) -> bool {
-        policy.tgt_expired(self.created, self.last_used, now)
+        policy.tgt_expired(self.created, self.last_used, self.long_term, now)
     }
 
     /// Union of the service lists (per service the newest grant), latest use: the same rules as `apply`.
     fn merge(&mut self, other: &Self) {
+        self.long_term |= other.long_term;
         for (service, grant) in &other.services {
             self.apply(&TgtChange::Granted { ticket: grant.ticket.clone(), service: service.clone(), at: grant.at });
         }
@@ -209,6 +212,7 @@ mod tests {
             created: 0,
             last_used: 0,
             services: BTreeMap::new(),
+            long_term: false,
         }
     }
 

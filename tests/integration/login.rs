@@ -262,3 +262,66 @@ async fn warn_makes_single_sign_on_stop_at_a_page_naming_the_application() {
     );
     node.shutdown().await;
 }
+
+/// Remember-me, where `tickets.remember_me` allows it: the box gives a persistent cookie (it survives a browser
+/// restart, a new cookie jar holding only persistent cookies) and a session with its own limits, past the usual
+/// lifetime, released as `longTermAuthenticationRequestTokenUsed`. Not offered by default, and then ignored.
+#[tokio::test]
+async fn remember_me_outlives_the_browser_and_the_usual_lifetime() {
+    let node = start(|c| {
+        c.tickets.remember_me = true;
+        c.tickets.tgt_max_lifetime = std::time::Duration::from_secs(2);
+    })
+    .await;
+    let login = |remember: bool| {
+        let mut b = Browser::new(&node);
+        async move {
+            let form = b.get(&format!("/login?service={}", enc(APP))).await;
+            assert!(form.body.contains("name=\"rememberMe\""), "offered");
+            let lt = lt_of(&form.body);
+            let mut fields = vec![("username", USER), ("password", PASSWORD), ("lt", lt.as_str()), ("service", APP)];
+            if remember {
+                fields.push(("rememberMe", "true"));
+            }
+            let page = b.post_form("/login", &fields).await;
+            (b, page)
+        }
+    };
+    let (kept, page) = login(true).await;
+    let tgc_cookie = page.set_cookie.iter().find(|c| c.starts_with("TGC=")).expect("TGC").clone();
+    assert!(tgc_cookie.contains("Max-Age=1209600") && tgc_cookie.contains("HttpOnly"), "{tgc_cookie}");
+    let xml = call(&node, "/p3/serviceValidate", &[("service", APP), ("ticket", &ticket_of(&page))]).await;
+    assert!(xml.contains("<cas:longTermAuthenticationRequestTokenUsed>true<"), "{xml}");
+    let (plain, page) = login(false).await;
+    let plain_cookie = page.set_cookie.iter().find(|c| c.starts_with("TGC=")).expect("TGC").clone();
+    assert!(!plain_cookie.contains("Max-Age"), "a session cookie: {plain_cookie}");
+    let xml = call(&node, "/p3/serviceValidate", &[("service", APP), ("ticket", &ticket_of(&page))]).await;
+    assert!(xml.contains("<cas:longTermAuthenticationRequestTokenUsed>false<"), "{xml}");
+
+    // The browser restarts: only cookies with a lifetime of their own come back.
+    let restarted = |cookie: &str, b: &Browser| Browser {
+        tgc: cookie.contains("Max-Age=").then(|| b.tgc.clone()).flatten(),
+        ..Browser::new(&node)
+    };
+    let (mut kept, mut plain_again) = (restarted(&tgc_cookie, &kept), restarted(&plain_cookie, &plain));
+    assert!(plain_again.tgc.is_none(), "the session cookie is gone with the browser");
+    assert_eq!(plain_again.get(&format!("/login?service={}", enc(APP))).await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    let mut plain = plain;
+    assert_eq!(plain.get(&format!("/login?service={}", enc(APP))).await.status, 200, "the usual 2 s are over");
+    assert_eq!(kept.get(&format!("/login?service={}", enc(APP))).await.status, 302, "remembered: still SSO");
+    node.shutdown().await;
+
+    let node = start(|_| {}).await;
+    let mut b = Browser::new(&node);
+    let form = b.get(&format!("/login?service={}", enc(APP))).await;
+    assert!(!form.body.contains("rememberMe"), "not offered by default");
+    let lt = lt_of(&form.body);
+    let fields =
+        [("username", USER), ("password", PASSWORD), ("lt", lt.as_str()), ("service", APP), ("rememberMe", "true")];
+    let page = b.post_form("/login", &fields).await;
+    assert!(page.set_cookie.iter().all(|c| !c.contains("Max-Age=1209600")), "{:?}", page.set_cookie);
+    let xml = call(&node, "/p3/serviceValidate", &[("service", APP), ("ticket", &ticket_of(&page))]).await;
+    assert!(xml.contains("<cas:longTermAuthenticationRequestTokenUsed>false<"), "{xml}");
+    node.shutdown().await;
+}

@@ -202,7 +202,13 @@ async fn run(seed: u64) -> Result<(), String> {
             0..=19 => {
                 let Some((tgt, _, name, generation)) = node_maps(i) else { continue };
                 let id = IdGenerator::new(&name, generation, &[7; 32]).mint(TicketKind::Tgt);
-                let t = Tgt { principal: principal.clone(), created: 0, last_used: 0, services: Default::default() };
+                let t = Tgt {
+                    principal: principal.clone(),
+                    created: 0,
+                    last_used: 0,
+                    services: Default::default(),
+                    long_term: false,
+                };
                 tgt.insert(&id, t).await.map_err(|e| format!("insert: {e}"))?;
                 let mut holders: BTreeSet<usize> = world.lock().expect("world").reachable(i).into_iter().collect();
                 holders.insert(i);
