@@ -143,7 +143,7 @@ mod redb_candidate {
             let mut opener = Sealer::existing(key, sealer_header).expect("header");
             let (records, _) = opener.open_all(value.value());
             for (_, entry) in records {
-                map.restore(&entry);
+                assert!(map.restore(&entry));
                 n += 1;
             }
         }

@@ -61,13 +61,19 @@ impl Maps {
         let pgt = Arc::new(ReplicatedMap::<Pgt>::new(policy(MapId::Pgt), replicas.clone()));
         let lt = Arc::new(ReplicatedMap::<LoginTicket>::new(policy(MapId::Lt), replicas));
         if let Some((store, records)) = journal {
+            let mut unreadable = 0usize;
             for (map, entry) in &records {
-                match map {
+                let read = match map {
                     MapId::Tgt => tgt.restore(entry),
                     MapId::Pgt => pgt.restore(entry),
                     // One-time tickets are never written (the generation rule makes a kept copy useless).
-                    MapId::St | MapId::Pt | MapId::Lt => {}
-                }
+                    MapId::St | MapId::Pt | MapId::Lt => true,
+                };
+                unreadable += usize::from(!read);
+            }
+            if unreadable > 0 {
+                tracing::error!(unreadable, path = %store.path().display(),
+                    "journal records this casd cannot decode (written by another version?) were skipped");
             }
             drop(records);
             tgt.persist_to(store.clone());

@@ -369,11 +369,18 @@ impl<V: Ticket> ReplicatedMap<V> {
         }
     }
 
-    /// Rebuilds the map from its journal at start, before any peer or client sees it. Not recorded again.
-    pub fn restore(&self, entry: &Entry) {
+    /// Rebuilds the map from its journal at start, before any peer or client sees it. Not recorded again. False
+    /// for a record that cannot be read (a ticket encoded by another version of casd), which the caller reports.
+    pub fn restore(&self, entry: &Entry) -> bool {
+        if let Entry::Live { value, .. } = entry
+            && Self::decode(value).is_none()
+        {
+            return false;
+        }
         if self.policy.copies == Copies::Everywhere {
             self.join(entry);
         }
+        true
     }
 
     fn decode(bytes: &[u8]) -> Option<V> {

@@ -562,7 +562,7 @@ mod tests {
         let restored =
             ReplicatedMap::<Tgt>::new(MapPolicy::of(MapId::Tgt, &ExpiryPolicy::default(), 1), Arc::new(SingleNode));
         for (_, e) in &recovered.records {
-            restored.restore(e);
+            assert!(restored.restore(e), "every record reads back");
         }
         assert_eq!((restored.len(), restored.held()), (20, held), "the live sessions and the tombstone");
         // 1,023 changes were written; compactions keep the file near the threshold, not near the history.

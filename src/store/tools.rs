@@ -58,8 +58,12 @@ impl Folded {
     fn join(&self, records: &[(MapId, Entry)]) {
         for (map, entry) in records {
             match map {
-                MapId::Tgt => self.tgt.restore(entry),
-                MapId::Pgt => self.pgt.restore(entry),
+                MapId::Tgt => {
+                    self.tgt.restore(entry);
+                }
+                MapId::Pgt => {
+                    self.pgt.restore(entry);
+                }
                 MapId::St | MapId::Pt | MapId::Lt => {}
             }
         }
