@@ -1,7 +1,8 @@
-//! `/logout` (CAS 3.0 §2.3): ends the SSO session, clears the cookie, starts single logout, and redirects only to a
-//! registered service. A logout that the logout quorum (`cluster.logout_quorum`, a majority by default) did not
-//! confirm answers 202 with a page that says so: the cookie is cleared all the same, and the node keeps telling the
-//! peers that missed it (issue 13: a logout acknowledged by a cut-off node was undone at the heal).
+//! `/logout` (CAS 3.0 §2.3): ends the SSO session, clears the cookie, starts single logout (back-channel POSTs, and
+//! front-channel frames in the page for services that asked for them), and redirects only to a registered service.
+//! A logout that the logout quorum (`cluster.logout_quorum`, a majority by default) did not confirm answers 202 with
+//! a page that says so: the cookie is cleared all the same, and the node keeps telling the peers that missed it
+//! (issue 13: a logout acknowledged by a cut-off node was undone at the heal).
 
 use axum::extract::State;
 use axum::http::header::SET_COOKIE;
@@ -15,12 +16,14 @@ use super::{AppState, found};
 #[tracing::instrument(skip_all)]
 pub async fn logout(State(app): State<AppState>, headers: HeaderMap, Query(p): Query) -> Response {
     let mut confirmed = true;
+    let mut front = Vec::new();
     if let Some(value) = app.cookie.read(&headers) {
         match app.registry.logout(&value).await {
             Ok(logout) => {
                 if let Some(tgt) = &logout.tgt {
                     tracing::info!(services = tgt.services.len(), confirmed = logout.confirmed, "sso session ended");
                     app.slo.notify(&app.services, tgt);
+                    front = super::slo::front_channel(&app.services, tgt);
                 }
                 confirmed = logout.confirmed;
             }
@@ -38,11 +41,12 @@ pub async fn logout(State(app): State<AppState>, headers: HeaderMap, Query(p): Q
     }
     let registered = |key| p.get(key).filter(|s| app.services.find(s).is_some());
     let mut response = match registered("service") {
-        // Not confirmed: the user is told rather than sent on as if it were done.
-        Some(service) if confirmed => found(service),
+        // Not confirmed: the user is told rather than sent on as if it were done. Front-channel logouts need this
+        // page loaded, so a redirect waits for them behind a link.
+        Some(service) if confirmed && front.is_empty() => found(service),
         _ if !confirmed => {
             tracing::warn!("logout not confirmed by the logout quorum; the peers that missed it are retried");
-            app.pages.message(
+            app.pages.message_loading(
                 StatusCode::ACCEPTED,
                 "Logout not yet confirmed everywhere",
                 "You are logged out here and your browser's session cookie is cleared, but not every server of the \
@@ -50,15 +54,17 @@ pub async fn logout(State(app): State<AppState>, headers: HeaderMap, Query(p): Q
                  browser.",
                 Tone::Error,
                 registered("service").or(registered("url")).map(|u| (u, "Back to the application")),
+                &front,
             )
         }
-        _ => app.pages.message(
+        _ => app.pages.message_loading(
             StatusCode::OK,
             "Logout successful",
             "You have been logged out of the single sign-on service. For security, close your browser.",
             Tone::Ok,
-            // CAS 2.0's `url`: shown as a link, and only when registered.
-            registered("url").map(|u| (u, "Back to the application")),
+            // CAS 2.0's `url` (or a `service` waiting for the front-channel logouts): a link, and only when registered.
+            registered("service").or(registered("url")).map(|u| (u, "Back to the application")),
+            &front,
         ),
     };
     if let Ok(v) = HeaderValue::from_str(&app.cookie.clear()) {

@@ -70,12 +70,25 @@ impl Pages {
         tone: Tone,
         link: Option<(&str, &str)>,
     ) -> Response {
+        self.message_loading(status, title, message, tone, link, &[])
+    }
+
+    /// A message page that also loads `frames` in hidden, sandboxed frames: front-channel single logout.
+    pub fn message_loading(
+        &self,
+        status: StatusCode,
+        title: &str,
+        message: &str,
+        tone: Tone,
+        link: Option<(&str, &str)>,
+        frames: &[String],
+    ) -> Response {
         let tone = match tone {
             Tone::Ok => "ok",
             Tone::Error => "error",
         };
         let (link_url, link_text) = link.unzip();
-        let ctx = context! { title, message, tone, link_url, link_text };
+        let ctx = context! { title, message, tone, link_url, link_text, frames };
         (status, self.render("message.html", ctx)).into_response()
     }
 

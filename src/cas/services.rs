@@ -15,9 +15,13 @@ pub struct ServiceDefinition {
     /// Regular expression for the `pgtUrl`s this service may use; absent = this service may not proxy.
     #[serde(default)]
     pub proxy_callback_pattern: Option<String>,
-    /// Send back-channel single logout to this service.
+    /// Single logout for this service at all (`false` = none, whatever `logout_type` says).
     #[serde(default = "yes")]
     pub slo: bool,
+    /// How single logout reaches it: `back` (casd POSTs to it), `front` (the user's browser loads it from the logout
+    /// page, for applications casd cannot reach) or `none`.
+    #[serde(default)]
+    pub logout_type: LogoutType,
     /// Attributes released to this service; `["*"]` releases all.
     #[serde(default)]
     pub release: Vec<String>,
@@ -25,6 +29,15 @@ pub struct ServiceDefinition {
 
 fn yes() -> bool {
     true
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogoutType {
+    #[default]
+    Back,
+    Front,
+    None,
 }
 
 /// A pattern that does not compile: which service (by position) and which field.
@@ -44,7 +57,8 @@ pub struct RegisteredService {
     pub name: String,
     pattern: Regex,
     proxy_callback: Option<Regex>,
-    pub slo: bool,
+    /// How single logout reaches this service (`LogoutType::None` when `slo = false`).
+    pub logout: LogoutType,
     release: Vec<String>,
 }
 
@@ -92,7 +106,7 @@ impl ServiceRegistry {
                         .as_deref()
                         .map(|p| compile(i, "proxy_callback_pattern", p))
                         .transpose()?,
-                    slo: c.slo,
+                    logout: if c.slo { c.logout_type } else { LogoutType::None },
                     release: c.release.clone(),
                 })
             })
@@ -173,6 +187,7 @@ mod tests {
             pattern: pattern.into(),
             proxy_callback_pattern: proxy.map(Into::into),
             slo: true,
+            logout_type: LogoutType::Back,
             release: vec!["mail".into()],
         };
         ServiceRegistry::new(

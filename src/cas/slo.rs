@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 
 use super::outgoing_tls::ExtraRoots;
 use super::render::xml_escape;
-use super::services::ServiceRegistry;
+use super::services::{LogoutType, ServiceRegistry, with_query_param};
 use crate::ticket::Tgt;
 
 /// Requests one logout may have in flight at once.
@@ -74,7 +74,8 @@ impl SloSender {
         }
         let logout = Arc::new(Semaphore::new(PER_LOGOUT));
         for (service, grant) in &tgt.services {
-            if !services.find(service).is_some_and(|s| s.slo) {
+            // Front-channel services are told by the user's browser, from the logout page (`front_channel`).
+            if !services.find(service).is_some_and(|s| s.logout == LogoutType::Back) {
                 continue;
             }
             let (this, service, body) = (self.clone(), service.clone(), form_body(&grant.ticket));
@@ -134,6 +135,25 @@ impl SloSender {
 pub fn form_body(session_index: &str) -> String {
     let xml = logout_request(session_index, SystemTime::now());
     format!("logoutRequest={}", url::form_urlencoded::byte_serialize(xml.as_bytes()).collect::<String>())
+}
+
+/// Front-channel single logout (Apereo's, which java-cas-client reads): for each service of the ended session that
+/// asked for it, its URL with `logoutRequest=` the logout request, raw-deflated and base64-encoded, for the logout
+/// page to load in the user's browser.
+pub fn front_channel(services: &ServiceRegistry, tgt: &Tgt) -> Vec<String> {
+    use base64::Engine;
+    use std::io::Write;
+    tgt.services
+        .iter()
+        .filter(|(service, _)| services.find(service).is_some_and(|s| s.logout == LogoutType::Front))
+        .map(|(service, grant)| {
+            let xml = logout_request(&grant.ticket, SystemTime::now());
+            let mut deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+            let compressed = deflate.write_all(xml.as_bytes()).and_then(|()| deflate.finish()).unwrap_or_default();
+            let encoded = base64::engine::general_purpose::STANDARD.encode(compressed);
+            with_query_param(service, "logoutRequest", &encoded)
+        })
+        .collect()
 }
 
 pub fn logout_request(session_index: &str, now: SystemTime) -> String {

@@ -232,3 +232,48 @@ async fn a_renewed_login_ends_the_session_it_replaces() {
     assert_eq!(before.bodies().len(), 1, "no second logout for the replaced session");
     node.shutdown().await;
 }
+
+/// Front-channel single logout: a service with `logout_type = "front"` gets no back-channel POST; the logout page
+/// loads its URL with `logoutRequest=` the request, raw-deflated and base64-encoded (as java-cas-client reads it),
+/// naming its ticket, and a `service` redirect waits behind a link meanwhile.
+#[tokio::test]
+async fn front_channel_logout_is_loaded_by_the_logout_page() {
+    use std::io::Read;
+    let back = AppServer::start().await;
+    let front_url = "http://127.0.0.1:9/front";
+    let node = start(|c| {
+        let mut front = c.services[0].clone();
+        front.id = 0;
+        front.pattern = regex::escape(front_url);
+        front.logout_type = casd::cas::services::LogoutType::Front;
+        c.services.push(front);
+    })
+    .await;
+    let mut b = Browser::new(&node);
+    let st_back = b.login(&back.url).await;
+    let st_front = b.sso(front_url).await;
+    let page = b.get(&format!("/logout?service={}", enc(&back.url))).await;
+    assert_eq!(page.status, 200, "the page must load, not redirect: {:?}", page.location);
+    assert!(page.body.contains(&format!("href=\"{}\"", back.url)), "the redirect waits behind a link");
+    let src = regex::Regex::new(r#"<iframe hidden sandbox title="single logout" src="([^"]+)""#)
+        .expect("re")
+        .captures(&page.body)
+        .unwrap_or_else(|| panic!("no frame: {}", page.body))[1]
+        .to_owned();
+    let (url, query) = src.split_once('?').expect("a query");
+    assert_eq!(url, front_url);
+    let encoded = url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "logoutRequest")
+        .map(|(_, v)| v.into_owned())
+        .expect("logoutRequest");
+    use base64::Engine;
+    let compressed = base64::engine::general_purpose::STANDARD.decode(encoded).expect("base64");
+    let mut xml = String::new();
+    flate2::read::DeflateDecoder::new(&compressed[..]).read_to_string(&mut xml).expect("raw deflate");
+    assert!(xml.contains(&format!("<samlp:SessionIndex>{st_front}</samlp:SessionIndex>")), "{xml}");
+    wait_until(Duration::from_secs(5), "the back-channel POST", || async { back.bodies().len() == 1 }).await;
+    assert_eq!(session_index(&back.bodies()[0]), Some(st_back));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(node.slo_counts().sent + node.slo_counts().failed, 1, "nothing POSTed to the front-channel service");
+    node.shutdown().await;
+}
