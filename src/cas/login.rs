@@ -216,7 +216,13 @@ pub async fn submit(
         true => app.cookie.set_persistent(tgt.as_str(), policy.remember_me_max_lifetime),
         false => app.cookie.set(tgt.as_str()),
     };
-    let warn = if form.flag("warn") { app.cookie.warn_set() } else { app.cookie.warn_clear() };
+    // The warn cookie is set by a ticked box and cleared by an unticked one, but only sent when it changes: a
+    // login answers with the one Set-Cookie most clients expect.
+    let warn = match (form.flag("warn"), app.cookie.warns(&headers)) {
+        (true, _) => Some(app.cookie.warn_set()),
+        (false, true) => Some(app.cookie.warn_clear()),
+        (false, false) => None,
+    };
     let mut response = match service {
         Some(s) => match app.registry.grant_st(&tgt, s, true, now).await {
             Ok(st) => {
@@ -233,7 +239,7 @@ pub async fn submit(
             Some((&format!("{}/logout", app.base_path), "Log out")),
         ),
     };
-    for c in [cookie, warn] {
+    for c in std::iter::once(cookie).chain(warn) {
         if let Ok(v) = HeaderValue::from_str(&c) {
             response.headers_mut().append(SET_COOKIE, v);
         }
