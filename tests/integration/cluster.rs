@@ -151,11 +151,15 @@ async fn a_node_that_cannot_authenticate_its_peers_never_claims_ready() {
     });
     let starting = tokio::spawn(casd::Node::start(config));
     let ready = format!("http://127.0.0.1:{http_port}/cas/ready");
+    // Watched for 4 s from its first answer (well past its 1 s join timeout); a loaded machine may take a while to
+    // get that far, so the first answer may come as late as 20 s.
     let mut last = (0, String::new());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
+    let (deadline, mut answering) = (Instant::now() + Duration::from_secs(20), None);
+    while Instant::now() < deadline && answering.is_none_or(|since: Instant| since.elapsed() < Duration::from_secs(4)) {
         if let Ok(r) = http().get(&ready).send().await {
             last = (r.status().as_u16(), r.text().await.unwrap_or_default());
+            assert_ne!(last.0, 200, "it claimed ready: {last:?}");
+            answering.get_or_insert_with(Instant::now);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
