@@ -2,7 +2,7 @@
 //!
 //! No server-side HTTP session: the form carries a login ticket kept in the LT map, so the POST may land on any node.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
@@ -15,7 +15,8 @@ use super::params::{Params, Query};
 use super::services::with_query_param;
 use super::{AppState, found};
 use crate::auth::AuthError;
-use crate::clock::now_ms;
+use crate::auth::Throttled;
+use crate::clock::{EpochMs, now_ms};
 use crate::registry::RegistryError;
 use crate::ticket::{TicketId, TicketKind};
 use std::sync::atomic::Ordering;
@@ -174,44 +175,28 @@ pub async fn submit(
         let msg = "Your login form had expired or was already used. Please enter your credentials again.";
         return show_form(&app, StatusCode::BAD_REQUEST, &p, Some(msg), username).await;
     }
-    if let Err(t) = app.throttle.check(username, addr, now) {
-        tracing::warn!(retry_after_s = t.retry_after.as_secs(), per_address = t.per_address, "login throttled");
-        app.metrics.logins_throttled.fetch_add(1, Ordering::Relaxed);
-        let wait = t.retry_after.as_secs().max(1);
-        let msg = if t.per_address {
-            format!("Too many failed logins from your network. Please try again in {wait} seconds.")
-        } else {
-            format!("Too many failed attempts for this account. It is locked for {wait} more seconds.")
-        };
-        return show_form(&app, StatusCode::TOO_MANY_REQUESTS, &p, Some(&msg), username).await;
-    }
-    let principal = match app.authenticator.authenticate(username, password).await {
-        Ok(principal) => principal,
-        Err(AuthError::InvalidCredentials) => {
-            tracing::info!("login failed: invalid credentials");
-            app.throttle.record_failure(username, addr, now);
-            app.metrics.logins_failed.fetch_add(1, Ordering::Relaxed);
+    let policy = app.registry.policy();
+    let remember = policy.remember_me && form.flag("rememberMe");
+    let tgt = match open_session(&app, username, password, addr, now, remember).await {
+        Ok(tgt) => tgt,
+        Err(Refused::Throttled(t)) => {
+            let wait = t.retry_after.as_secs().max(1);
+            let msg = if t.per_address {
+                format!("Too many failed logins from your network. Please try again in {wait} seconds.")
+            } else {
+                format!("Too many failed attempts for this account. It is locked for {wait} more seconds.")
+            };
+            return show_form(&app, StatusCode::TOO_MANY_REQUESTS, &p, Some(&msg), username).await;
+        }
+        Err(Refused::InvalidCredentials) => {
             let msg = "The username or password you entered is incorrect.";
             return show_form(&app, StatusCode::UNAUTHORIZED, &p, Some(msg), username).await;
         }
         // Not the user's fault: neither counted against the account nor shown as a wrong password.
-        Err(e) => return busy(&app, &e),
+        Err(Refused::NotChecked(e)) => return busy(&app, &e),
+        Err(Refused::Unavailable(e)) => return unavailable(&app, &e),
     };
-    app.throttle.record_success(username, addr);
-    let user = principal.id.clone();
-    let policy = app.registry.policy();
-    let remember = policy.remember_me && form.flag("rememberMe");
-    let tgt = match app.registry.issue_session(principal, now, remember).await {
-        Ok(tgt) => tgt,
-        Err(e) => return unavailable(&app, &e),
-    };
-    for ended in app.registry.cap_sessions(&user, &tgt, now).await {
-        app.slo.notify(&app.services, &ended);
-    }
     end_replaced_session(&app, &headers).await;
-    tracing::info!(tgt = %tgt.redacted(), "login succeeded");
-    app.metrics.logins_ok.fetch_add(1, Ordering::Relaxed);
-    app.metrics.issued(TicketKind::Tgt);
     let cookie = match remember {
         true => app.cookie.set_persistent(tgt.as_str(), policy.remember_me_max_lifetime),
         false => app.cookie.set(tgt.as_str()),
@@ -245,6 +230,55 @@ pub async fn submit(
         }
     }
     response
+}
+
+/// Why [`open_session`] opened none.
+pub(super) enum Refused {
+    Throttled(Throttled),
+    InvalidCredentials,
+    /// The password could not be checked now (too many waiting, or the source failed).
+    NotChecked(AuthError),
+    /// The registry could not store the session.
+    Unavailable(RegistryError),
+}
+
+/// A password login, the part the login form and the REST protocol share: the throttle, the password check (a
+/// failure counted against the account and address, a success clearing them), the new session, the per-user
+/// session cap (with single logout of the sessions it ends) and the metrics. Input limits and the caller's own
+/// checks (the form's login ticket) come before it.
+pub(super) async fn open_session(
+    app: &AppState,
+    username: &str,
+    password: &str,
+    addr: IpAddr,
+    now: EpochMs,
+    long_term: bool,
+) -> Result<TicketId, Refused> {
+    if let Err(t) = app.throttle.check(username, addr, now) {
+        tracing::warn!(retry_after_s = t.retry_after.as_secs(), per_address = t.per_address, "login throttled");
+        app.metrics.logins_throttled.fetch_add(1, Ordering::Relaxed);
+        return Err(Refused::Throttled(t));
+    }
+    let principal = match app.authenticator.authenticate(username, password).await {
+        Ok(principal) => principal,
+        Err(AuthError::InvalidCredentials) => {
+            tracing::info!("login failed: invalid credentials");
+            app.throttle.record_failure(username, addr, now);
+            app.metrics.logins_failed.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::InvalidCredentials);
+        }
+        Err(e) => return Err(Refused::NotChecked(e)),
+    };
+    app.throttle.record_success(username, addr);
+    let user = principal.id.clone();
+    let tgt = app.registry.issue_session(principal, now, long_term).await.map_err(Refused::Unavailable)?;
+    for ended in app.registry.cap_sessions(&user, &tgt, now).await {
+        app.slo.notify(&app.services, &ended);
+    }
+    tracing::info!(tgt = %tgt.redacted(), "login succeeded");
+    app.metrics.logins_ok.fetch_add(1, Ordering::Relaxed);
+    app.metrics.issued(TicketKind::Tgt);
+    Ok(tgt)
 }
 
 /// The `warn` interstitial (CAS 3.0 §2.1.1): the ticket is issued, but the browser goes on only if its user says

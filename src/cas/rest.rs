@@ -22,8 +22,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use super::login::{Refused, open_session};
 use super::params::Params;
-use crate::auth::AuthError;
 use crate::clock::now_ms;
 use crate::registry::RegistryError;
 use crate::ticket::TicketKind;
@@ -83,42 +83,25 @@ pub async fn create_tgt(
         app.metrics.logins_failed.fetch_add(1, Ordering::Relaxed);
         return text(StatusCode::UNAUTHORIZED, "invalid credentials\n");
     }
-    if let Err(t) = app.throttle.check(username, addr, now) {
-        app.metrics.logins_throttled.fetch_add(1, Ordering::Relaxed);
-        let wait = t.retry_after.as_secs().max(1);
-        let mut r = text(StatusCode::TOO_MANY_REQUESTS, format!("too many failed logins; retry in {wait} s\n"));
-        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
-            r.headers_mut().insert(RETRY_AFTER, v);
+    let tgt = match open_session(&app, username, password, addr, now, false).await {
+        Ok(tgt) => tgt,
+        Err(Refused::Throttled(t)) => {
+            let wait = t.retry_after.as_secs().max(1);
+            let mut r = text(StatusCode::TOO_MANY_REQUESTS, format!("too many failed logins; retry in {wait} s\n"));
+            if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+                r.headers_mut().insert(RETRY_AFTER, v);
+            }
+            return r;
         }
-        return r;
-    }
-    let principal = match app.authenticator.authenticate(username, password).await {
-        Ok(principal) => principal,
-        Err(AuthError::InvalidCredentials) => {
-            tracing::info!("REST login failed: invalid credentials");
-            app.throttle.record_failure(username, addr, now);
-            app.metrics.logins_failed.fetch_add(1, Ordering::Relaxed);
-            return text(StatusCode::UNAUTHORIZED, "invalid credentials\n");
-        }
-        Err(e) => {
+        Err(Refused::InvalidCredentials) => return text(StatusCode::UNAUTHORIZED, "invalid credentials\n"),
+        Err(Refused::NotChecked(e)) => {
             tracing::warn!(error = %e, "password check not made");
             let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "busy; try again\n");
             r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
             return r;
         }
+        Err(Refused::Unavailable(e)) => return registry_error(&e),
     };
-    app.throttle.record_success(username, addr);
-    let user = principal.id.clone();
-    let tgt = match app.registry.issue_tgt(principal, now).await {
-        Ok(tgt) => tgt,
-        Err(e) => return registry_error(&e),
-    };
-    for ended in app.registry.cap_sessions(&user, &tgt, now).await {
-        app.slo.notify(&app.services, &ended);
-    }
-    tracing::info!(tgt = %tgt.redacted(), "REST login succeeded");
-    app.metrics.logins_ok.fetch_add(1, Ordering::Relaxed);
-    app.metrics.issued(TicketKind::Tgt);
     let scheme = if app.cookie.secure { "https" } else { "http" };
     let host = headers.get(HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
     let location = format!("{scheme}://{host}{}/v1/tickets/{}", app.base_path, tgt.as_str());
