@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::auth::{UserRecord, UsersFile};
+use crate::auth::{SourceConfig, UserRecord, UsersFile};
 use crate::cas::Limits;
 use crate::cas::services::{ServiceDefinition, ServiceRegistry};
 use crate::cluster::ClusterSettings;
@@ -514,6 +514,9 @@ pub struct AuthConfig {
     pub users_file: Option<PathBuf>,
     /// Users written inline, same form as in the users file.
     pub users: Vec<UserRecord>,
+    /// Authentication sources tried in order (`[[auth.sources]]`: `type = "users" | "ldap" | "sql"`). Empty:
+    /// the users file and inline users alone.
+    pub sources: Vec<SourceConfig>,
     /// Password checks that may wait for a core (one runs per core at a time); past that a login is answered
     /// "busy, try again" at once instead of queueing behind seconds of work.
     pub max_waiting_checks: usize,
@@ -521,7 +524,7 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { users_file: None, users: Vec::new(), max_waiting_checks: 32 }
+        Self { users_file: None, users: Vec::new(), sources: Vec::new(), max_waiting_checks: 32 }
     }
 }
 
@@ -556,6 +559,16 @@ impl Config {
                 }
             };
             relative(&mut config.auth.users_file);
+            for source in &mut config.auth.sources {
+                match source {
+                    SourceConfig::Ldap(l) => {
+                        relative(&mut l.ca_file);
+                        relative(&mut l.service_password_file);
+                    }
+                    SourceConfig::Sql(q) => relative(&mut q.password_file),
+                    SourceConfig::Users => {}
+                }
+            }
             relative(&mut config.proxy.extra_ca_file);
             relative(&mut config.tls.client.extra_ca_file);
             relative(&mut config.storage.dir);
@@ -788,6 +801,34 @@ impl Config {
         for (i, u) in self.auth.users.iter().enumerate() {
             if let Err(reason) = u.check() {
                 return Err(self.invalid(&format!("auth.users[{i}].password_hash"), "<hidden>", reason));
+            }
+        }
+        self.validate_sources()
+    }
+
+    fn validate_sources(&self) -> Result<(), ConfigError> {
+        let sources = &self.auth.sources;
+        let has_users = self.auth.users_file.is_some() || !self.auth.users.is_empty();
+        if !sources.is_empty() && has_users && !sources.iter().any(|s| matches!(s, SourceConfig::Users)) {
+            let reason = "users are configured (auth.users_file or auth.users) but no source is of type \"users\": \
+                          add { type = \"users\" } where they should be asked";
+            return Err(self.invalid("auth.sources", sources.len(), reason));
+        }
+        for (i, source) in sources.iter().enumerate() {
+            let checked = match source {
+                SourceConfig::Ldap(l) => l.check(),
+                SourceConfig::Sql(q) => q.check(),
+                SourceConfig::Users => Ok(()),
+            };
+            if let Err((key, reason)) = checked {
+                let value = match (source, key) {
+                    (SourceConfig::Ldap(l), "urls") => l.urls.join(" "),
+                    (SourceConfig::Ldap(l), "filter") => l.filter.clone().unwrap_or_default(),
+                    (SourceConfig::Ldap(l), "bind_dn") => l.bind_dn.clone().unwrap_or_default(),
+                    (SourceConfig::Sql(q), "query") => q.query.clone(),
+                    _ => String::new(),
+                };
+                return Err(self.invalid(&format!("auth.sources[{i}].{key}"), value, &reason));
             }
         }
         Ok(())

@@ -28,8 +28,23 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Validate a configuration file and exit; errors name the file, key and value.
-    CheckConfig { file: PathBuf },
+    /// Validate a configuration file and exit; errors name the file, key and value. Then reaches every
+    /// authentication source (a directory's service bind, a database's query) unless --no-connect.
+    CheckConfig {
+        file: PathBuf,
+        #[arg(long)]
+        no_connect: bool,
+    },
+    /// Log USER in against the configured sources (password from standard input) without starting a server:
+    /// which source answered, what it returned, and the attributes a service would be released.
+    TestLogin {
+        user: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Show what this service URL would be released (otherwise every attribute the sources returned).
+        #[arg(long)]
+        service: Option<String>,
+    },
     /// Print a new random 32-byte cluster key, base64-encoded.
     Keygen,
     /// Read a password from standard input and print its argon2id hash for a users file.
@@ -67,11 +82,28 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Serve { config } => serve(config),
-        Command::CheckConfig { file } => {
+        Command::CheckConfig { file, no_connect } => {
             let resolved = Config::load(&file)?.resolve()?;
             println!("{}: ok ({} services)", file.display(), resolved.config.services.len());
+            if no_connect {
+                return Ok(());
+            }
+            let chain = chain_of(&resolved)?;
+            let probes = tokio::runtime::Runtime::new()?.block_on(chain.probe());
+            let mut failed = 0;
+            for (name, verdict) in probes {
+                match verdict {
+                    Ok(()) => println!("auth source {name}: reachable"),
+                    Err(e) => {
+                        failed += 1;
+                        println!("auth source {name}: {e}");
+                    }
+                }
+            }
+            anyhow::ensure!(failed == 0, "{}: {failed} authentication source(s) cannot be used", file.display());
             Ok(())
         }
+        Command::TestLogin { user, config, service } => test_login(&user, config, service.as_deref()),
         Command::Storage { action } => storage(action),
         Command::Keygen => {
             let mut key = [0u8; 32];
@@ -94,6 +126,56 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The configured chain of authentication sources, built as a node builds it.
+fn chain_of(resolved: &casd::config::Resolved) -> anyhow::Result<casd::auth::Chain> {
+    let argon2 = casd::auth::Argon2Pool::per_core(resolved.config.auth.max_waiting_checks);
+    casd::auth::Chain::build(&resolved.config.auth.sources, resolved.users.clone(), argon2, Default::default())
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn test_login(user: &str, config: Option<PathBuf>, service: Option<&str>) -> anyhow::Result<()> {
+    let config = match &config {
+        Some(p) => Config::load(p)?,
+        None => Config::embedded(),
+    };
+    let resolved = config.resolve()?;
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password for {user} (not echoed to the log): ");
+        std::io::stderr().flush()?;
+    }
+    let mut line = zeroize::Zeroizing::new(String::new());
+    stdin.lock().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    let chain = chain_of(&resolved)?;
+    let (attempts, verdict) = tokio::runtime::Runtime::new()?.block_on(chain.explain(user, password));
+    println!("user {user:?}, password <hidden, {} characters>", password.chars().count());
+    for a in &attempts {
+        match &a.result {
+            Ok(p) => println!("  source {}: accepted, principal {:?}", a.source, p.id),
+            Err(e) => println!("  source {}: {e}", a.source),
+        }
+    }
+    let principal = match verdict {
+        Ok(p) => p,
+        Err(e) => anyhow::bail!("login refused: {e}"),
+    };
+    let registered = match service {
+        Some(url) => Some(resolved.services.find(url).with_context(|| format!("{url} is not a registered service"))?),
+        None => None,
+    };
+    match registered {
+        Some(s) => println!("attributes released to {} ({}):", service.unwrap_or_default(), s.name),
+        None => println!("attributes (before any service's release policy):"),
+    }
+    for (name, values) in principal.attributes.iter() {
+        if registered.is_none_or(|s| s.releases(name)) {
+            println!("  {name} = {values:?}");
+        }
+    }
+    Ok(())
 }
 
 fn storage(action: StorageAction) -> anyhow::Result<()> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Argon2Pool, Throttle, ThrottleLimits, UsersFile};
+use crate::auth::{Argon2Pool, Chain, Throttle, ThrottleLimits};
 use crate::cas::outgoing_tls::ExtraRoots;
 use crate::cas::{self, App, cookie::TgcCookie, pages::Pages, pgt_callback::PgtCallback, slo::SloSender};
 use crate::clock::now_ms;
@@ -44,6 +44,8 @@ pub enum StartError {
     Cluster(#[from] crate::cluster::ClusterError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("authentication source: {0}")]
+    Auth(String),
     #[error("storage: {0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -212,13 +214,18 @@ fn build_app(
         );
     }
     let roots = ExtraRoots::load(config.outgoing_extra_ca_file())?;
+    let metrics = crate::cas::metrics::Metrics::default();
+    let argon2 = Argon2Pool::per_core(config.auth.max_waiting_checks);
+    let chain = Chain::build(&config.auth.sources, users, argon2, metrics.ldap_operations.clone())
+        .map_err(StartError::Auth)?;
+    let authenticator = Arc::new(chain);
     let slo = SloSender::new(config.slo.enabled, config.slo.timeout, config.slo.max_concurrency, &roots)
         .map_err(|e| StartError::Slo(e.to_string()))?;
     Ok(App {
         base_path: config.http.base_path.clone(),
         registry,
         services,
-        authenticator: Arc::new(UsersFile::new(users, Argon2Pool::per_core(config.auth.max_waiting_checks))),
+        authenticator,
         limits: config.limits.clone(),
         ready,
         throttle: Throttle::new(ThrottleLimits {
@@ -237,7 +244,7 @@ fn build_app(
         slo: Arc::new(slo),
         pgt_callback: PgtCallback::new(config.proxy.callback_timeout, &roots)?,
         cas2_attributes: config.protocol.cas2_attributes,
-        metrics: Default::default(),
+        metrics,
     })
 }
 

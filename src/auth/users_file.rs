@@ -81,6 +81,8 @@ pub struct UsersFile {
     users: HashMap<String, User>,
     /// Verified against when the user is unknown, so that an unknown name costs as much as a wrong password.
     decoy_hash: Arc<str>,
+    /// Whether an unknown name costs a decoy check (see [`UsersFile::with_decoy`]).
+    decoy: bool,
     argon2: Arc<Argon2Pool>,
 }
 
@@ -96,7 +98,14 @@ impl UsersFile {
             })
             .collect();
         let decoy_hash = hash_password("decoy password that matches nothing").expect("hashing a constant works");
-        Self { users, decoy_hash: decoy_hash.into(), argon2 }
+        Self { users, decoy_hash: decoy_hash.into(), decoy: true, argon2 }
+    }
+
+    /// Whether an unknown name is checked against a decoy hash, so that it takes as long as a wrong password.
+    /// On by default; a [`Chain`](super::Chain) turns it off where later sources follow.
+    pub fn with_decoy(mut self, decoy: bool) -> Self {
+        self.decoy = decoy;
+        self
     }
 
     /// Parses the text of a users file; an error names the offending key.
@@ -113,11 +122,15 @@ impl UsersFile {
 impl Authenticator for UsersFile {
     async fn authenticate(&self, username: &str, password: &str) -> Result<Principal, AuthError> {
         let user = self.users.get(username);
+        if user.is_none() && !self.decoy {
+            return Err(AuthError::UnknownUser);
+        }
         let hash = user.map_or_else(|| self.decoy_hash.clone(), |u| u.hash.clone());
         let matches = self.argon2.verify(hash, password.to_owned()).await?;
         match user {
             Some(u) if matches => Ok(u.principal.clone()),
-            _ => Err(AuthError::InvalidCredentials),
+            Some(_) => Err(AuthError::InvalidCredentials),
+            None => Err(AuthError::UnknownUser),
         }
     }
 }
@@ -146,7 +159,7 @@ mod tests {
         assert_eq!(p.id, "alice");
         assert_eq!(p.attributes.get("mail"), Some(&vec!["a@example.org".to_string()]));
         assert_eq!(users.authenticate("alice", "wrong").await, Err(AuthError::InvalidCredentials));
-        assert_eq!(users.authenticate("bob", "s3cret").await, Err(AuthError::InvalidCredentials));
+        assert_eq!(users.authenticate("bob", "s3cret").await, Err(AuthError::UnknownUser));
     }
 
     #[test]

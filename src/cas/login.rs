@@ -14,7 +14,7 @@ use super::pages::{LoginForm, Tone};
 use super::params::{Params, Query};
 use super::services::with_query_param;
 use super::{AppState, found};
-use crate::auth::AuthError;
+use crate::auth::{AccountProblem, AuthError};
 use crate::auth::Throttled;
 use crate::clock::{EpochMs, now_ms};
 use crate::registry::RegistryError;
@@ -194,6 +194,10 @@ pub async fn submit(
         }
         // Not the user's fault: neither counted against the account nor shown as a wrong password.
         Err(Refused::NotChecked(e)) => return busy(&app, &e),
+        Err(Refused::Account(problem)) => {
+            return show_form(&app, StatusCode::FORBIDDEN, &p, Some(account_message(problem)), username).await;
+        }
+        Err(Refused::SourceUnavailable) => return directory_unavailable(&app),
         Err(Refused::Unavailable(e)) => return unavailable(&app, &e),
     };
     end_replaced_session(&app, &headers).await;
@@ -236,8 +240,12 @@ pub async fn submit(
 pub(super) enum Refused {
     Throttled(Throttled),
     InvalidCredentials,
-    /// The password could not be checked now (too many waiting, or the source failed).
+    /// The password could not be checked now (too many waiting).
     NotChecked(AuthError),
+    /// The directory refused the account itself (locked, disabled, password expired).
+    Account(AccountProblem),
+    /// No source that knows the user could be asked (directory down, database unreachable).
+    SourceUnavailable,
     /// The registry could not store the session.
     Unavailable(RegistryError),
 }
@@ -261,13 +269,25 @@ pub(super) async fn open_session(
     }
     let principal = match app.authenticator.authenticate(username, password).await {
         Ok(principal) => principal,
-        Err(AuthError::InvalidCredentials) => {
+        Err(AuthError::InvalidCredentials | AuthError::UnknownUser) => {
             tracing::info!("login failed: invalid credentials");
             app.throttle.record_failure(username, addr, now);
             app.metrics.logins_failed.fetch_add(1, Ordering::Relaxed);
             return Err(Refused::InvalidCredentials);
         }
-        Err(e) => return Err(Refused::NotChecked(e)),
+        // Counted like a wrong password: probing which accounts are locked is throttled too.
+        Err(AuthError::Account(problem)) => {
+            tracing::info!(%problem, "login refused by the directory");
+            app.throttle.record_failure(username, addr, now);
+            app.metrics.logins_refused_account.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::Account(problem));
+        }
+        Err(e @ AuthError::Busy) => return Err(Refused::NotChecked(e)),
+        Err(e) => {
+            tracing::warn!(error = %e, "password not checked: the authentication source is unavailable");
+            app.metrics.logins_unavailable.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::SourceUnavailable);
+        }
     };
     app.throttle.record_success(username, addr);
     let user = principal.id.clone();
@@ -377,7 +397,32 @@ fn log_prefix(s: &str) -> &str {
     &s[..end]
 }
 
-/// The password check could not run now (too many waiting, or the authentication source failed).
+/// What the login page says when the directory refuses the account itself.
+pub(super) fn account_message(problem: AccountProblem) -> &'static str {
+    match problem {
+        AccountProblem::Locked => "Your account is locked. Please contact your help desk.",
+        AccountProblem::Disabled => "Your account is disabled. Please contact your help desk.",
+        AccountProblem::PasswordExpired => "Your password has expired. Please change it before you log in.",
+        AccountProblem::AccountExpired => "Your account has expired. Please contact your help desk.",
+        AccountProblem::MustChangePassword => "You must change your password before you can log in.",
+    }
+}
+
+/// No source that could know the user answered: not the user's fault, nothing counted against them.
+fn directory_unavailable(app: &AppState) -> Response {
+    let mut page = app.pages.message(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service unavailable",
+        "The sign-on service cannot reach the user directory right now, so it could not check your password. \
+         Please try again in a few minutes.",
+        Tone::Error,
+        None,
+    );
+    page.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("30"));
+    page
+}
+
+/// The password check could not run now (too many waiting).
 fn busy(app: &AppState, e: &AuthError) -> Response {
     tracing::warn!(error = %e, "password check not made");
     let mut page = app.pages.message(

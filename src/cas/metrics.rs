@@ -25,6 +25,11 @@ pub struct Metrics {
     pub logins_ok: AtomicU64,
     pub logins_failed: AtomicU64,
     pub logins_throttled: AtomicU64,
+    /// Logins refused for a directory's account state (locked, expired...), and not checked for an outage.
+    pub logins_refused_account: AtomicU64,
+    pub logins_unavailable: AtomicU64,
+    /// Operations sent to LDAP directories (shared with the LDAP sources).
+    pub ldap_operations: std::sync::Arc<AtomicU64>,
     issued: [AtomicU64; 6],
     validated: [AtomicU64; 6],
     rejected: [AtomicU64; 8],
@@ -71,13 +76,21 @@ pub fn labelled<V: std::fmt::Display, N: std::fmt::Display>(
 pub fn render(app: &App, out: &mut String) {
     let m = &app.metrics;
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let logins = [("ok", &m.logins_ok), ("failed", &m.logins_failed), ("throttled", &m.logins_throttled)];
+    let logins = [
+        ("ok", &m.logins_ok),
+        ("failed", &m.logins_failed),
+        ("throttled", &m.logins_throttled),
+        ("account_refused", &m.logins_refused_account),
+        ("source_unavailable", &m.logins_unavailable),
+    ];
     labelled(
         out,
         ("logins_total", "counter", "Login attempts by outcome."),
         "outcome",
         logins.map(|(o, c)| (o, get(c))),
     );
+    family(out, "ldap_operations_total", "counter", "Operations (binds and searches) sent to LDAP directories.");
+    let _ = writeln!(out, "casd_ldap_operations_total {}", get(&m.ldap_operations));
     labelled(
         out,
         ("tickets_issued_total", "counter", "Tickets issued by this node, by kind."),

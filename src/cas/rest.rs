@@ -100,6 +100,12 @@ pub async fn create_tgt(
             r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
             return r;
         }
+        Err(Refused::Account(problem)) => return text(StatusCode::UNAUTHORIZED, format!("{problem}\n")),
+        Err(Refused::SourceUnavailable) => {
+            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "the user directory is unavailable; try again\n");
+            r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("30"));
+            return r;
+        }
         Err(Refused::Unavailable(e)) => return registry_error(&e),
     };
     let scheme = if app.cookie.secure { "https" } else { "http" };
