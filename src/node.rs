@@ -216,8 +216,8 @@ fn build_app(
     let roots = ExtraRoots::load(config.outgoing_extra_ca_file())?;
     let metrics = crate::cas::metrics::Metrics::default();
     let argon2 = Argon2Pool::per_core(config.auth.max_waiting_checks);
-    let chain = Chain::build(&config.auth.sources, users, argon2, metrics.ldap_operations.clone())
-        .map_err(StartError::Auth)?;
+    let chain =
+        Chain::build(&config.auth.sources, users, argon2, metrics.ldap_operations.clone()).map_err(StartError::Auth)?;
     let authenticator = Arc::new(chain);
     let slo = SloSender::new(config.slo.enabled, config.slo.timeout, config.slo.max_concurrency, &roots)
         .map_err(|e| StartError::Slo(e.to_string()))?;

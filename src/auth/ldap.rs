@@ -149,7 +149,10 @@ impl LdapConfig {
                 }
                 if self.service_dn.is_some() && self.service_password.is_none() && self.service_password_file.is_none()
                 {
-                    return Err(("service_password", "service_dn needs service_password or service_password_file".into()));
+                    return Err((
+                        "service_password",
+                        "service_dn needs service_password or service_password_file".into(),
+                    ));
                 }
             }
             LdapMode::Ad => {
@@ -160,7 +163,8 @@ impl LdapConfig {
             }
         }
         if let Some(f) = &self.filter {
-            ldap3::parse_filter(f.replace("{user}", "x")).map_err(|_| ("filter", format!("{f:?} is not an LDAP filter (RFC 4515)")))?;
+            ldap3::parse_filter(f.replace("{user}", "x"))
+                .map_err(|_| ("filter", format!("{f:?} is not an LDAP filter (RFC 4515)")))?;
         }
         if self.pool_size == 0 {
             return Err(("pool_size", "must be at least 1".into()));
@@ -222,7 +226,11 @@ impl LdapSource {
         let keep = cfg.pool_size;
         Ok(Self {
             settings,
-            search_pool: Pool { idle: Mutex::new(Vec::new()), keep, bind_as: if cfg.mode == LdapMode::Search { bind_as } else { None } },
+            search_pool: Pool {
+                idle: Mutex::new(Vec::new()),
+                keep,
+                bind_as: if cfg.mode == LdapMode::Search { bind_as } else { None },
+            },
             bind_pool: Pool { idle: Mutex::new(Vec::new()), keep, bind_as: None },
             preferred: AtomicUsize::new(0),
             operations,
@@ -305,8 +313,12 @@ impl LdapSource {
 
     async fn run(&self, l: &mut Ldap, op: &Op<'_>) -> Result<Done, LdapError> {
         Ok(match op {
-            Op::Search { base, filter } => Done { entries: self.read(l, base, Scope::Subtree, filter).await?, bind: None },
-            Op::Bind { dn, password } => Done { entries: Vec::new(), bind: Some(self.bind_user(l, dn, password).await?) },
+            Op::Search { base, filter } => {
+                Done { entries: self.read(l, base, Scope::Subtree, filter).await?, bind: None }
+            }
+            Op::Bind { dn, password } => {
+                Done { entries: Vec::new(), bind: Some(self.bind_user(l, dn, password).await?) }
+            }
             Op::BindRead { dn, password, base, scope, filter } => {
                 let res = self.bind_user(l, dn, password).await?;
                 let entries = match (res.rc, base) {
@@ -329,9 +341,16 @@ impl LdapSource {
         ldap.with_timeout(self.cfg.operation_timeout).with_controls(control).simple_bind(dn, password).await
     }
 
-    async fn read(&self, ldap: &mut Ldap, base: &str, scope: Scope, filter: &str) -> Result<Vec<SearchEntry>, LdapError> {
+    async fn read(
+        &self,
+        ldap: &mut Ldap,
+        base: &str,
+        scope: Scope,
+        filter: &str,
+    ) -> Result<Vec<SearchEntry>, LdapError> {
         self.operations.fetch_add(1, Ordering::Relaxed);
-        let attrs: Vec<&str> = if self.wanted.is_empty() { vec!["1.1"] } else { self.wanted.iter().map(String::as_str).collect() };
+        let attrs: Vec<&str> =
+            if self.wanted.is_empty() { vec!["1.1"] } else { self.wanted.iter().map(String::as_str).collect() };
         let (entries, _) = ldap
             .with_timeout(self.cfg.operation_timeout)
             .with_search_options(SearchOptions::new().sizelimit(2))
@@ -386,13 +405,20 @@ impl LdapSource {
     /// `direct` and `ad`: bind as the user, then (when attributes are wanted) read the entry as that user.
     async fn bind_then_read(&self, user: &str, password: &str) -> Result<Principal, AuthError> {
         let (bind_dn, ad) = match self.cfg.mode {
-            LdapMode::Direct => (self.cfg.bind_dn.as_deref().unwrap_or_default().replace("{user}", &ldap3::dn_escape(user)), false),
+            LdapMode::Direct => {
+                (self.cfg.bind_dn.as_deref().unwrap_or_default().replace("{user}", &ldap3::dn_escape(user)), false)
+            }
             _ => (format!("{user}@{}", self.cfg.domain.as_deref().unwrap_or_default()), true),
         };
         let read_entry = !self.wanted.is_empty();
         let filter = match self.cfg.mode {
             LdapMode::Direct => "(objectClass=*)".to_owned(),
-            _ => self.cfg.filter.as_deref().unwrap_or("(sAMAccountName={user})").replace("{user}", &ldap3::ldap_escape(user)),
+            _ => self
+                .cfg
+                .filter
+                .as_deref()
+                .unwrap_or("(sAMAccountName={user})")
+                .replace("{user}", &ldap3::ldap_escape(user)),
         };
         let (base, scope) = match self.cfg.mode {
             LdapMode::Direct => (bind_dn.as_str(), Scope::Base),
@@ -402,7 +428,10 @@ impl LdapSource {
         let Done { entries, bind } = self.with_connection(&self.bind_pool, &op).await?;
         self.verdict(bind.as_ref(), ad)?;
         if read_entry && entries.len() != 1 {
-            return Err(AuthError::Backend(format!("{}: the user's entry could not be read after the bind", self.cfg.name())));
+            return Err(AuthError::Backend(format!(
+                "{}: the user's entry could not be read after the bind",
+                self.cfg.name()
+            )));
         }
         self.principal(user, entries.first())
     }
@@ -410,7 +439,9 @@ impl LdapSource {
     /// The meaning of a user bind's result.
     fn verdict(&self, res: Option<&ldap3::LdapResult>, ad: bool) -> Result<(), AuthError> {
         let Some(res) = res else { return Err(AuthError::Backend("no bind result".into())) };
-        if let Some(problem) = res.ctrls.iter().filter(|c| c.1.ctype == PPOLICY_OID).find_map(|c| ppolicy_error(c.1.val.as_deref()?)) {
+        if let Some(problem) =
+            res.ctrls.iter().filter(|c| c.1.ctype == PPOLICY_OID).find_map(|c| ppolicy_error(c.1.val.as_deref()?))
+        {
             return Err(AuthError::Account(problem));
         }
         match res.rc {
@@ -429,10 +460,22 @@ impl LdapSource {
 
 /// One pooled-connection job.
 enum Op<'a> {
-    Search { base: &'a str, filter: &'a str },
-    Bind { dn: &'a str, password: &'a str },
+    Search {
+        base: &'a str,
+        filter: &'a str,
+    },
+    Bind {
+        dn: &'a str,
+        password: &'a str,
+    },
     /// Bind, then (with a base, and only if the bind succeeded) read the user's entry on the same connection.
-    BindRead { dn: &'a str, password: &'a str, base: Option<&'a str>, scope: Scope, filter: &'a str },
+    BindRead {
+        dn: &'a str,
+        password: &'a str,
+        base: Option<&'a str>,
+        scope: Scope,
+        filter: &'a str,
+    },
 }
 
 struct Done {
@@ -499,7 +542,9 @@ impl Authenticator for LdapSource {
             LdapMode::Ad => {
                 let suffix = format!("@{}", self.cfg.domain.as_deref().unwrap_or_default());
                 let user = match username.len().checked_sub(suffix.len()) {
-                    Some(at) if username.is_char_boundary(at) && username[at..].eq_ignore_ascii_case(&suffix) => &username[..at],
+                    Some(at) if username.is_char_boundary(at) && username[at..].eq_ignore_ascii_case(&suffix) => {
+                        &username[..at]
+                    }
                     _ => username,
                 };
                 if user.contains('@') {

@@ -71,7 +71,10 @@ mod tests {
     #[test]
     fn reads_the_policy_error_after_a_warning() {
         // OpenLDAP's encoding of { warning: graceAuthNsRemaining 2, error: accountLocked }.
-        assert_eq!(ppolicy_error(&[0x30, 0x08, 0xa0, 0x03, 0x81, 0x01, 0x02, 0x81, 0x01, 0x01]), Some(AccountProblem::Locked));
+        assert_eq!(
+            ppolicy_error(&[0x30, 0x08, 0xa0, 0x03, 0x81, 0x01, 0x02, 0x81, 0x01, 0x01]),
+            Some(AccountProblem::Locked)
+        );
         assert_eq!(ppolicy_error(&[0x30, 0x03, 0x81, 0x01, 0x00]), Some(AccountProblem::PasswordExpired));
         assert_eq!(ppolicy_error(&[0x30, 0x00]), None);
         assert_eq!(ppolicy_error(&[0x30, 0x05, 0x81]), None, "truncated input is not a panic");
@@ -79,7 +82,9 @@ mod tests {
 
     #[test]
     fn reads_active_directory_subcodes() {
-        let msg = |d: &str| format!("80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, data {d}, v4563");
+        let msg = |d: &str| {
+            format!("80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, data {d}, v4563")
+        };
         assert_eq!(ad_subcode(&msg("532")), Some(Some(AccountProblem::PasswordExpired)));
         assert_eq!(ad_subcode(&msg("533")), Some(Some(AccountProblem::Disabled)));
         assert_eq!(ad_subcode(&msg("701")), Some(Some(AccountProblem::AccountExpired)));

@@ -71,7 +71,8 @@ impl SqlConfig {
 
     /// What can be checked without a database: the URL's syntax, `$1` in the query, the pool size.
     pub fn check(&self) -> Result<(), super::ldap::ConfigProblem> {
-        tokio_postgres::Config::from_str(&self.url).map_err(|e| ("url", format!("not a PostgreSQL connection string: {e}")))?;
+        tokio_postgres::Config::from_str(&self.url)
+            .map_err(|e| ("url", format!("not a PostgreSQL connection string: {e}")))?;
         if !self.query.contains("$1") {
             return Err(("query", "must use $1 for the user name".into()));
         }
@@ -155,9 +156,16 @@ impl Authenticator for SqlSource {
     /// Connects and prepares the query: what `casd check-config` reports (a wrong column shows here).
     async fn probe(&self) -> Result<(), AuthError> {
         let client = self.pool.get().await.map_err(|e| self.unavailable(e))?;
-        let stmt = client.prepare_cached(&self.cfg.query).await.map_err(|e| AuthError::Backend(format!("{}: {e}", self.cfg.name())))?;
+        let stmt = client
+            .prepare_cached(&self.cfg.query)
+            .await
+            .map_err(|e| AuthError::Backend(format!("{}: {e}", self.cfg.name())))?;
         if !stmt.columns().iter().any(|c| c.name() == self.cfg.hash_column) {
-            return Err(AuthError::Backend(format!("{}: the query returns no column {:?}", self.cfg.name(), self.cfg.hash_column)));
+            return Err(AuthError::Backend(format!(
+                "{}: the query returns no column {:?}",
+                self.cfg.name(),
+                self.cfg.hash_column
+            )));
         }
         Ok(())
     }
