@@ -30,6 +30,7 @@ use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, Scope, SearchEntry
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use zeroize::Zeroizing;
 
 use super::ldap_policy::{PPOLICY_OID, ad_subcode, ppolicy_error};
@@ -81,7 +82,7 @@ pub struct LdapConfig {
     pub attribute_map: BTreeMap<String, String>,
     /// The attribute whose (first) value becomes the principal id, instead of the typed name.
     pub principal_attribute: Option<String>,
-    /// Connections kept per pool (search and bind).
+    /// Connections per pool (search and bind) at most; a login finding all in use waits for one.
     #[serde(default = "default_pool")]
     pub pool_size: usize,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
@@ -173,10 +174,11 @@ impl LdapConfig {
     }
 }
 
-/// Connections ready for one purpose, created on demand up to no limit, kept up to `keep`.
+/// Connections for one purpose: at most `pool_size` open (a login past that waits for one), idle ones kept.
 struct Pool {
     idle: Mutex<Vec<Ldap>>,
-    keep: usize,
+    /// One permit per connection that may exist; held with the connection while it is in use.
+    permits: Arc<Semaphore>,
     /// Bound as this account when made (the search pool's service account); `None`: anonymous.
     bind_as: Option<(String, Zeroizing<String>)>,
 }
@@ -223,15 +225,12 @@ impl LdapSource {
         wanted.extend(cfg.principal_attribute.clone());
         wanted.sort();
         wanted.dedup();
-        let keep = cfg.pool_size;
+        let pool =
+            |bind_as| Pool { idle: Mutex::new(Vec::new()), permits: Arc::new(Semaphore::new(cfg.pool_size)), bind_as };
         Ok(Self {
             settings,
-            search_pool: Pool {
-                idle: Mutex::new(Vec::new()),
-                keep,
-                bind_as: if cfg.mode == LdapMode::Search { bind_as } else { None },
-            },
-            bind_pool: Pool { idle: Mutex::new(Vec::new()), keep, bind_as: None },
+            search_pool: pool(if cfg.mode == LdapMode::Search { bind_as } else { None }),
+            bind_pool: pool(None),
             preferred: AtomicUsize::new(0),
             operations,
             wanted,
@@ -270,31 +269,35 @@ impl LdapSource {
         Err(AuthError::Unavailable(format!("no LDAP server answered ({})", failures.join("; "))))
     }
 
-    async fn take(&self, pool: &Pool) -> Result<(Ldap, bool), AuthError> {
+    /// A connection of `pool` and its permit: an idle one (`true`) or a new one. Waits for a permit at most the
+    /// operation timeout: past it the directory is too slow to keep up, which is an outage to the user.
+    async fn take(&self, pool: &Pool) -> Result<(Ldap, bool, OwnedSemaphorePermit), AuthError> {
+        let permit = tokio::time::timeout(self.cfg.operation_timeout, pool.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| AuthError::Unavailable(format!("{}: every pooled connection stayed busy", self.cfg.name())))?
+            .map_err(|e| AuthError::Backend(e.to_string()))?;
         loop {
             let idle = pool.idle.lock().expect("pool lock").pop();
             match idle {
                 Some(mut l) => {
                     if !l.is_closed() {
-                        return Ok((l, true));
+                        return Ok((l, true, permit));
                     }
                 }
-                None => return Ok((self.connect(pool).await?, false)),
+                None => return Ok((self.connect(pool).await?, false, permit)),
             }
         }
     }
 
+    /// Puts a healthy connection back (its permit is dropped by the caller, after).
     fn release(&self, pool: &Pool, ldap: Ldap) {
-        let mut idle = pool.idle.lock().expect("pool lock");
-        if idle.len() < pool.keep {
-            idle.push(ldap);
-        }
+        pool.idle.lock().expect("pool lock").push(ldap);
     }
 
     /// Runs `op` on a pooled connection; if a pooled (not fresh) connection fails at the transport, it is
     /// dropped and `op` runs once more on a fresh one (the server may have restarted, or failed over).
     async fn with_connection(&self, pool: &Pool, op: &Op<'_>) -> Result<Done, AuthError> {
-        let (mut ldap, pooled) = self.take(pool).await?;
+        let (mut ldap, pooled, _permit) = self.take(pool).await?;
         match self.run(&mut ldap, op).await {
             Ok(v) => {
                 self.release(pool, ldap);
@@ -526,7 +529,7 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
 impl Authenticator for LdapSource {
     /// Connects to the directory (the first URL that answers) and makes the service bind.
     async fn probe(&self) -> Result<(), AuthError> {
-        let ldap = self.connect(&self.search_pool).await?;
+        let (ldap, _, _permit) = self.take(&self.search_pool).await?;
         self.release(&self.search_pool, ldap);
         Ok(())
     }
@@ -553,5 +556,44 @@ impl Authenticator for LdapSource {
                 self.bind_then_read(user, password).await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> LdapConfig {
+        toml::from_str(extra).expect("parses")
+    }
+
+    #[test]
+    fn passwords_in_the_clear_and_incomplete_modes_are_refused_naming_the_key() {
+        let plain = config("urls = ['ldap://dir:389']\nmode = 'direct'\nbind_dn = 'uid={user},dc=x'");
+        let (key, reason) = plain.check().expect_err("plain ldap refused");
+        assert_eq!(key, "urls");
+        assert!(reason.contains("in the clear"), "{reason}");
+        let starttls =
+            config("urls = ['ldap://dir:389']\nstarttls = true\nmode = 'direct'\nbind_dn = 'uid={user},dc=x'");
+        assert!(starttls.check().is_ok());
+        let allowed = config(
+            "urls = ['ldap://dir:389']\nallow_plaintext_passwords = true\nmode = 'direct'\nbind_dn = 'uid={user},dc=x'",
+        );
+        assert!(allowed.check().is_ok());
+
+        let no_placeholder = config("urls = ['ldaps://dir']\nmode = 'direct'\nbind_dn = 'uid=alice,dc=x'");
+        assert_eq!(no_placeholder.check().expect_err("refused").0, "bind_dn");
+        let no_filter = config("urls = ['ldaps://dir']\nmode = 'search'\nbase_dn = 'dc=x'");
+        assert_eq!(no_filter.check().expect_err("refused").0, "filter");
+        let bad_filter = config("urls = ['ldaps://dir']\nmode = 'search'\nbase_dn = 'dc=x'\nfilter = '(uid={user}'");
+        assert_eq!(bad_filter.check().expect_err("refused").0, "filter");
+        let no_secret = config(
+            "urls = ['ldaps://dir']\nmode = 'search'\nbase_dn = 'dc=x'\nfilter = '(uid={user})'\nservice_dn = 'cn=casd'",
+        );
+        assert_eq!(no_secret.check().expect_err("refused").0, "service_password");
+        let ad = config("urls = ['ldaps://dc1']\nmode = 'ad'");
+        assert_eq!(ad.check().expect_err("refused").0, "domain");
+        let bad_scheme = config("urls = ['http://dir']\nmode = 'ad'\ndomain = 'example.org'");
+        assert_eq!(bad_scheme.check().expect_err("refused").0, "urls");
     }
 }

@@ -297,3 +297,39 @@ async fn check_config_and_test_login_commands() {
     assert!(!ok && out.contains("invalid credentials") && !out.contains("wrong"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The real binary's JSON logs through logins that succeed, fail and meet a dead directory: the passwords (the
+/// users' and the service account's) appear nowhere; the outage does, naming the server.
+#[tokio::test]
+async fn no_password_reaches_the_logs() {
+    let mut ldap = Slapd::start();
+    let dir = std::env::temp_dir().join(format!("casd-ldaplog-{}", free_port()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("casd.toml");
+    let text = format!(
+        "[node]\nname = \"n1\"\n[http]\nlisten = \"127.0.0.1:0\"\nallow_plain_http = true\n[log]\nformat = \"json\"\n\
+         [[services]]\nid = 1\nname = \"app\"\npattern = 'http://127\\.0\\.0\\.1:9/.*'\n\
+         [[auth.sources]]\ntype = \"ldap\"\nurls = [\"{url}\"]\nmode = \"search\"\nca_file = \"{ca}\"\n\
+         base_dn = \"{BASE}\"\nfilter = \"(uid={{user}})\"\nservice_dn = \"{SERVICE_DN}\"\n\
+         service_password = \"{SERVICE_PW}\"\nconnect_timeout = \"1s\"\n",
+        url = ldap.ldaps_url(),
+        ca = ldap.ca.pem_file.display()
+    );
+    std::fs::write(&path, text).expect("write");
+    let ServingBinary { mut child, lines, base } = ServingBinary::start(&path);
+    let mut b = Browser { base, client: http(), tgc: None };
+    ticket_of(&b.login_with(Some(APP), "", "alice", "alice-pw").await);
+    let mut b = Browser { base: b.base.clone(), client: http(), tgc: None };
+    assert_eq!(b.login_with(Some(APP), "", "alice", "Wr0ng-Secret").await.status, 401);
+    ldap.stop();
+    assert_eq!(b.login_with(Some(APP), "", "alice", "alice-pw").await.status, 503);
+    let _ = child.kill();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let _ = child.wait();
+    let log = rest.join("\n");
+    for secret in ["alice-pw", "Wr0ng-Secret", SERVICE_PW] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+    assert!(log.contains("authentication source could not answer") && log.contains(&ldap.ldaps_url()), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
