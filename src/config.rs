@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::auth::{SourceConfig, UserRecord, UsersFile};
 use crate::cas::Limits;
+use crate::cas::service_files::{ServiceError, ServiceSource};
 use crate::cas::services::{ServiceDefinition, ServiceRegistry};
 use crate::cluster::ClusterSettings;
 use crate::cluster::discovery::MulticastSettings;
@@ -64,6 +65,9 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub services: Vec<ServiceDefinition>,
+    /// Service definitions in files (`[service_registry] dir`), beside `[[services]]`.
+    #[serde(default)]
+    pub service_registry: ServiceRegistryConfig,
     /// Absent: a single node with no peers.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
@@ -78,6 +82,23 @@ pub struct Config {
     pub ops: OpsConfig,
     #[serde(default)]
     pub lab: LabConfig,
+}
+
+/// `[service_registry]`: a directory of service definition files, one service per file (TOML or JSON).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceRegistryConfig {
+    /// Relative to the config file's folder. Absent: `[[services]]` only.
+    pub dir: Option<PathBuf>,
+    /// How often the directory is looked at for changed files (SIGHUP reloads at once).
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
+}
+
+impl Default for ServiceRegistryConfig {
+    fn default() -> Self {
+        Self { dir: None, watch_interval: Duration::from_secs(2) }
+    }
 }
 
 /// For the chaos lab only (scripts/chaos): nothing here belongs in a production config.
@@ -559,6 +580,7 @@ impl Config {
                 }
             };
             relative(&mut config.auth.users_file);
+            relative(&mut config.service_registry.dir);
             for source in &mut config.auth.sources {
                 match source {
                     SourceConfig::Ldap(l) => {
@@ -588,9 +610,17 @@ impl Config {
     /// node starts from.
     pub fn resolve(self) -> Result<Resolved, ConfigError> {
         self.validate()?;
-        let services = ServiceRegistry::new(&self.services, self.limits.max_service_url_bytes).map_err(|e| {
-            let key = format!("services[{}].{}", e.index, e.field);
-            self.invalid(&key, &e.pattern, &e.source.to_string())
+        let service_source = ServiceSource {
+            config_file: self.source.clone(),
+            inline: self.services.clone(),
+            dir: self.service_registry.dir.clone(),
+            max_url_bytes: self.limits.max_service_url_bytes,
+            max_st_ttl: self.tickets.st_ttl,
+        };
+        let services = service_source.load().map_err(|e| match e {
+            ServiceError::Read { file, source } => ConfigError::Read { file, source },
+            ServiceError::Parse { file, detail } => ConfigError::Parse { file, detail },
+            ServiceError::Invalid { file, key, value, reason } => ConfigError::Invalid { file, key, value, reason },
         })?;
         let mut users = self.auth.users.clone();
         if let Some(path) = &self.auth.users_file {
@@ -611,7 +641,7 @@ impl Config {
             None => None,
         };
         let storage = self.storage_plan(cluster.as_ref())?;
-        Ok(Resolved { config: self, services, users, cluster, storage })
+        Ok(Resolved { config: self, services, service_source, users, cluster, storage })
     }
 
     /// The journal's directory, mode and key: the key is derived from the cluster key in a cluster (every node
@@ -890,6 +920,8 @@ pub struct Resolved {
     /// The configuration as written (paths made relative to its file).
     pub config: Config,
     pub services: ServiceRegistry,
+    /// Where the services were read from, for reloads.
+    pub service_source: ServiceSource,
     /// Inline users and those of `auth.users_file`.
     pub users: Vec<UserRecord>,
     pub cluster: Option<ClusterPlan>,

@@ -84,7 +84,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { file, no_connect } => {
             let resolved = Config::load(&file)?.resolve()?;
-            println!("{}: ok ({} services)", file.display(), resolved.config.services.len());
+            println!("{}: ok ({} services)", file.display(), resolved.services.len());
             if no_connect {
                 return Ok(());
             }
@@ -256,17 +256,20 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
                     node.shutdown().await;
                     return Ok(());
                 }
-                _ = hangup.recv() => match node.reload_tls() {
-                    Ok(()) => {}
-                    Err(e) => tracing::error!(error = %e, "tls reload failed; keeping the current certificate"),
-                },
+                _ = hangup.recv() => {
+                    if let Err(e) = node.reload_tls() {
+                        tracing::error!(error = %e, "tls reload failed; keeping the current certificate");
+                    }
+                    // Logged by the node either way; a bad file keeps the registry in force.
+                    let _ = node.reload_services();
+                }
                 _ = node.wait() => anyhow::bail!("the http server stopped"),
             }
         }
     })
 }
 
-/// SIGHUP, which reloads the TLS certificate.
+/// SIGHUP, which reloads the TLS certificate and the service definition files.
 #[cfg(unix)]
 fn reload_signal() -> anyhow::Result<tokio::signal::unix::Signal> {
     Ok(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?)

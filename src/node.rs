@@ -76,7 +76,9 @@ impl Node {
     /// (state transfer) and only then reports `ready` and answers CAS requests (invariant 5); meanwhile `/ready`
     /// says what it waits for and CAS endpoints answer 503.
     pub async fn start(config: Config) -> Result<NodeHandle, StartError> {
-        let Resolved { config, services, users, cluster: plan, storage } = config.resolve()?;
+        let Resolved { config, services, service_source, users, cluster: plan, storage } = config.resolve()?;
+        let services =
+            cas::services::LiveServices::new(services, service_source.dir.is_some().then_some(service_source));
         // Read back before anything else runs: the maps start from it, and it must not depend on a peer.
         let journal = match &storage {
             Some(s) => {
@@ -166,6 +168,9 @@ impl Node {
             None => Box::new(|_| true),
         };
         tasks.spawn(sweeper::run(app.clone(), sends_logout, config.tickets.sweep_interval, stops.graceful.clone()));
+        if app.services.source().is_some() {
+            tasks.spawn(watch_services(app.clone(), config.service_registry.watch_interval, stops.graceful.clone()));
+        }
         // Meanwhile the ops endpoints answer (`/ready` says what the join waits for) and CAS requests get 503.
         if let Some(c) = &cluster {
             c.wait_ready().await;
@@ -191,7 +196,7 @@ fn build_app(
     config: &Config,
     ids: IdGenerator,
     maps: Maps,
-    services: cas::services::ServiceRegistry,
+    services: cas::services::LiveServices,
     users: Vec<crate::auth::UserRecord>,
     ready: Box<dyn Fn() -> bool + Send + Sync>,
 ) -> Result<App, StartError> {
@@ -248,6 +253,28 @@ fn build_app(
     })
 }
 
+/// Reloads the services whenever a file in their directory changes (polled every `interval`). A bad file is
+/// logged once per change, naming file, key and reason; the registry in force stays until the files are fixed.
+async fn watch_services(app: Arc<cas::App>, interval: std::time::Duration, stop: CancellationToken) {
+    let Some(source) = app.services.source() else { return };
+    let mut seen = source.fingerprint();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let now = source.fingerprint();
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match app.services.reload() {
+            Ok(n) => tracing::info!(services = n.unwrap_or(0), "service files changed; registry reloaded"),
+            Err(e) => tracing::error!(error = %e, "service files changed but not loaded; the previous registry stays"),
+        }
+    }
+}
+
 /// Syncs and closes the journal once nothing writes to it any more (HTTP drained, replication stopped), and unlocks
 /// its directory.
 async fn close(store: Option<Arc<Store>>) {
@@ -265,6 +292,18 @@ impl NodeHandle {
     pub fn base_url(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://{}{}", self.addr, self.base_path)
+    }
+
+    /// Reads the service definition files again (what SIGHUP does, beside the TLS certificate). On an error the
+    /// registry in force stays.
+    pub fn reload_services(&self) -> Result<Option<usize>, cas::service_files::ServiceError> {
+        let r = self.app.services.reload();
+        match &r {
+            Ok(Some(n)) => tracing::info!(services = n, "service registry reloaded"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "service registry not reloaded; the previous one stays in force"),
+        }
+        r
     }
 
     /// Reads the TLS certificate and key again (what SIGHUP does); without TLS there is nothing to do.

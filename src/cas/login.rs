@@ -18,7 +18,7 @@ use crate::auth::Throttled;
 use crate::auth::{AccountProblem, AuthError};
 use crate::clock::{EpochMs, now_ms};
 use crate::registry::RegistryError;
-use crate::ticket::{TicketId, TicketKind};
+use crate::ticket::{Principal, TicketId, TicketKind};
 use std::sync::atomic::Ordering;
 
 /// What `GET /login` must do, decided from the facts of the request alone.
@@ -89,33 +89,45 @@ pub async fn to_login(State(app): State<AppState>) -> Redirect {
 pub async fn form(State(app): State<AppState>, headers: HeaderMap, Query(p): Query) -> Response {
     let now = now_ms();
     let service = p.get("service");
-    let tgt = match app.cookie.read(&headers) {
-        Some(v) => app.registry.live_tgt(&v, now).await.ok().map(|(id, _)| id),
+    let session = match app.cookie.read(&headers) {
+        Some(v) => app.registry.live_tgt(&v, now).await.ok(),
         None => None,
     };
+    let registered = service.and_then(|s| app.services.find(s));
+    if let (Some(s), Some(r)) = (service, &registered)
+        && !r.enabled
+    {
+        return service_disabled(&app, s);
+    }
     let facts = LoginFacts {
-        service_registered: service.map(|s| app.services.find(s).is_some()),
-        has_sso: tgt.is_some(),
+        service_registered: service.map(|_| registered.is_some()),
+        // A service that does not allow SSO gets the form, as with renew.
+        has_sso: session.is_some() && registered.as_ref().is_none_or(|r| r.sso),
         renew: p.flag("renew"),
         gateway: p.flag("gateway"),
     };
     let method = ResponseMethod::parse(&p);
-    match (decide(facts), service, tgt) {
+    match (decide(facts), service, session) {
         (LoginStep::UnknownService, Some(s), _) => unknown_service(&app, s),
-        (LoginStep::GrantTicket, Some(s), Some(tgt)) => match app.registry.grant_st(&tgt, s, false, now).await {
-            Ok(st) => {
-                app.metrics.issued(TicketKind::St);
-                // `warn` (the request's, or the browser's warn cookie): single sign-on must not be transparent.
-                if method == ResponseMethod::Get && (p.flag("warn") || app.cookie.warns(&headers)) {
-                    return warn_page(&app, s, &st);
+        (LoginStep::GrantTicket, Some(s), Some((tgt, session))) => {
+            if registered.as_ref().is_some_and(|r| !r.admits(&session.principal)) {
+                return not_authorized(&app, s);
+            }
+            match app.registry.grant_st(&tgt, s, false, now).await {
+                Ok(st) => {
+                    app.metrics.issued(TicketKind::St);
+                    // `warn` (the request's, or the browser's warn cookie): single sign-on must not be transparent.
+                    if method == ResponseMethod::Get && (p.flag("warn") || app.cookie.warns(&headers)) {
+                        return warn_page(&app, s, &st);
+                    }
+                    send_ticket(&app, s, &st, method)
                 }
-                send_ticket(&app, s, &st, method)
+                Err(e) => {
+                    tracing::info!(error = %e, "sso grant failed; asking for credentials");
+                    show_form(&app, StatusCode::OK, &p, None, "").await
+                }
             }
-            Err(e) => {
-                tracing::info!(error = %e, "sso grant failed; asking for credentials");
-                show_form(&app, StatusCode::OK, &p, None, "").await
-            }
-        },
+        }
         (LoginStep::GatewayRedirect, Some(s), _) => found(s),
         (LoginStep::AlreadyLoggedIn, _, _) => app.pages.message(
             StatusCode::OK,
@@ -156,10 +168,11 @@ pub async fn submit(
     // The form's fields first; a service given only in the query string still counts.
     let p = form.clone().merged(query);
     let service = p.get("service");
-    if let Some(s) = service
-        && app.services.find(s).is_none()
-    {
-        return unknown_service(&app, s);
+    let registered = service.and_then(|s| app.services.find(s));
+    match (service, &registered) {
+        (Some(s), None) => return unknown_service(&app, s),
+        (Some(s), Some(r)) if !r.enabled => return service_disabled(&app, s),
+        _ => {}
     }
     // Over the limits nothing is checked or recorded: a huge name must not sit in the throttle map.
     if username.len() > app.limits.max_username_bytes || password.len() > app.limits.max_password_bytes {
@@ -177,8 +190,8 @@ pub async fn submit(
     }
     let policy = app.registry.policy();
     let remember = policy.remember_me && form.flag("rememberMe");
-    let tgt = match open_session(&app, username, password, addr, now, remember).await {
-        Ok(tgt) => tgt,
+    let (tgt, principal) = match open_session(&app, username, password, addr, now, remember).await {
+        Ok(opened) => opened,
         Err(Refused::Throttled(t)) => {
             let wait = t.retry_after.as_secs().max(1);
             let msg = if t.per_address {
@@ -213,6 +226,8 @@ pub async fn submit(
         (false, false) => None,
     };
     let mut response = match service {
+        // Logged in, but this application is not for this user: the session stays (for other applications).
+        Some(s) if registered.as_ref().is_some_and(|r| !r.admits(&principal)) => not_authorized(&app, s),
         Some(s) => match app.registry.grant_st(&tgt, s, true, now).await {
             Ok(st) => {
                 app.metrics.issued(TicketKind::St);
@@ -261,7 +276,7 @@ pub(super) async fn open_session(
     addr: IpAddr,
     now: EpochMs,
     long_term: bool,
-) -> Result<TicketId, Refused> {
+) -> Result<(TicketId, Principal), Refused> {
     if let Err(t) = app.throttle.check(username, addr, now) {
         tracing::warn!(retry_after_s = t.retry_after.as_secs(), per_address = t.per_address, "login throttled");
         app.metrics.logins_throttled.fetch_add(1, Ordering::Relaxed);
@@ -291,20 +306,21 @@ pub(super) async fn open_session(
     };
     app.throttle.record_success(username, addr);
     let user = principal.id.clone();
-    let tgt = app.registry.issue_session(principal, now, long_term).await.map_err(Refused::Unavailable)?;
+    let tgt = app.registry.issue_session(principal.clone(), now, long_term).await.map_err(Refused::Unavailable)?;
     for ended in app.registry.cap_sessions(&user, &tgt, now).await {
         app.slo.notify(&app.services, &ended);
     }
     tracing::info!(tgt = %tgt.redacted(), "login succeeded");
     app.metrics.logins_ok.fetch_add(1, Ordering::Relaxed);
     app.metrics.issued(TicketKind::Tgt);
-    Ok(tgt)
+    Ok((tgt, principal))
 }
 
 /// The `warn` interstitial (CAS 3.0 §2.1.1): the ticket is issued, but the browser goes on only if its user says
 /// so. Only to a registered service, as every redirect.
 fn warn_page(app: &AppState, service: &str, st: &TicketId) -> Response {
-    let name = app.services.find(service).map_or(service, |s| s.name.as_str());
+    let registered = app.services.find(service);
+    let name = registered.as_ref().map_or(service, |s| s.name.as_str());
     app.pages.message(
         StatusCode::OK,
         "Continue to the application?",
@@ -347,10 +363,12 @@ async fn show_form(app: &AppState, status: StatusCode, p: &Params, error: Option
         Err(e) => return unavailable(app, &e),
     };
     let service = p.get("service");
+    let registered = service.and_then(|s| app.services.find(s));
+    let service_name = registered.as_ref().map(|s| s.name.clone());
     let form = LoginForm {
         lt: lt.as_str(),
         service,
-        service_name: service.and_then(|s| app.services.find(s)).map(|s| s.name.as_str()),
+        service_name: service_name.as_deref(),
         method: ResponseMethod::parse(p).form_value(),
         username,
         error,
@@ -374,6 +392,32 @@ fn send_ticket(app: &AppState, service: &str, st: &TicketId, method: ResponseMet
             r
         }
     }
+}
+
+/// A registered service its definition disables (`enabled = false`): known, but no tickets for it.
+fn service_disabled(app: &AppState, service: &str) -> Response {
+    tracing::info!(service = %log_prefix(service), "login for a disabled service refused");
+    app.pages.message(
+        StatusCode::FORBIDDEN,
+        "Application not authorized",
+        "The application you came from is not allowed to use this single sign-on service at the moment. Please \
+         contact the application's administrator.",
+        Tone::Error,
+        None,
+    )
+}
+
+/// The user is logged in but the service's access strategy (its required attributes) does not admit them.
+fn not_authorized(app: &AppState, service: &str) -> Response {
+    tracing::info!(service = %log_prefix(service), "user not authorized for the service by its access strategy");
+    app.pages.message(
+        StatusCode::FORBIDDEN,
+        "Not authorized for this application",
+        "You are logged in, but your account is not authorized to use this application. If you think it should \
+         be, contact the application's administrator.",
+        Tone::Error,
+        None,
+    )
 }
 
 fn unknown_service(app: &AppState, service: &str) -> Response {

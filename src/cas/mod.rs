@@ -18,6 +18,7 @@ pub mod render;
 mod rest;
 mod router;
 mod saml;
+pub mod service_files;
 pub mod services;
 pub mod slo;
 mod validate;
@@ -33,7 +34,7 @@ use crate::registry::TicketRegistry;
 pub struct App {
     pub base_path: String,
     pub registry: Arc<TicketRegistry>,
-    pub services: services::ServiceRegistry,
+    pub services: services::LiveServices,
     pub authenticator: Arc<dyn Authenticator>,
     pub throttle: Throttle,
     pub pages: pages::Pages,

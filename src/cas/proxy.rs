@@ -31,8 +31,12 @@ async fn grant(app: &AppState, pgt: Option<&str>, target: Option<&str>) -> Resul
     let (Some(pgt), Some(target)) = (pgt, target) else {
         return Err(CasFailure::new(CasCode::InvalidRequest, "'pgt' and 'targetService' parameters are both required"));
     };
-    if app.services.find(target).is_none() {
-        return Err(CasFailure::new(CasCode::UnauthorizedService, "The target service is not registered"));
+    match app.services.find(target) {
+        None => return Err(CasFailure::new(CasCode::UnauthorizedService, "The target service is not registered")),
+        Some(r) if !r.enabled => {
+            return Err(CasFailure::new(CasCode::UnauthorizedService, "The target service is not allowed to use CAS"));
+        }
+        Some(_) => {}
     }
     match app.registry.grant_pt(pgt, target, now_ms()).await {
         Ok(pt) => Ok(pt.to_string()),

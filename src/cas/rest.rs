@@ -84,7 +84,7 @@ pub async fn create_tgt(
         return text(StatusCode::UNAUTHORIZED, "invalid credentials\n");
     }
     let tgt = match open_session(&app, username, password, addr, now, false).await {
-        Ok(tgt) => tgt,
+        Ok((tgt, _)) => tgt,
         Err(Refused::Throttled(t)) => {
             let wait = t.retry_after.as_secs().max(1);
             let mut r = text(StatusCode::TOO_MANY_REQUESTS, format!("too many failed logins; retry in {wait} s\n"));
@@ -143,13 +143,17 @@ pub async fn create_st(
     let Some(service) = p.get("service") else {
         return text(StatusCode::BAD_REQUEST, "'service' is required\n");
     };
-    if app.services.find(service).is_none() {
+    let Some(registered) = app.services.find(service) else {
         return text(StatusCode::BAD_REQUEST, "the service is not registered\n");
-    }
-    let id = match app.registry.live_tgt(&tgt, now).await {
-        Ok((id, _)) => id,
+    };
+    let (id, session) = match app.registry.live_tgt(&tgt, now).await {
+        Ok(live) => live,
         Err(e) => return registry_error(&e),
     };
+    // The same access strategy as the login form: a disabled service, or a user it does not admit, gets no ticket.
+    if !registered.enabled || !registered.admits(&session.principal) {
+        return text(StatusCode::FORBIDDEN, "not authorized for this service\n");
+    }
     match app.registry.grant_st(&id, service, false, now).await {
         Ok(st) => {
             app.metrics.issued(TicketKind::St);

@@ -16,7 +16,7 @@ use super::params::Query;
 use super::render::xml_escape;
 use super::services::same_service;
 use crate::clock::now_ms;
-use crate::ticket::Principal;
+use crate::ticket::{ExpiryPolicy, Principal};
 
 /// What the SOAP request carries.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -70,24 +70,31 @@ pub async fn validate(State(app): State<AppState>, Query(p): Query, body: Bytes)
             Ok(c) if !same_service(&c.ticket.service, &target) => {
                 Err("Ticket was not issued for this TARGET".to_owned())
             }
-            Ok(c) => {
-                // CAS 3.0 §4.2: attributes MUST NOT be released to a non-SSL site. The user is still authenticated.
-                let secure = target.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"));
-                let service = app.services.find(&c.ticket.service).filter(|_| secure);
-                let principal = Principal {
-                    id: c.tgt.principal.id.clone(),
-                    attributes: c
-                        .tgt
-                        .principal
-                        .attributes
-                        .iter()
-                        .filter(|(k, _)| service.is_some_and(|s| s.releases(k)))
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                };
-                let authenticated = UNIX_EPOCH + Duration::from_millis(c.tgt.created);
-                Ok(success(&principal, &target, &in_response_to, authenticated, now))
-            }
+            Ok(c) => match app.services.find(&c.ticket.service) {
+                None => Err("The service is no longer registered".to_owned()),
+                Some(r) if !r.enabled => Err("The service is not allowed to use this CAS server".to_owned()),
+                Some(r) if r.st_ttl.is_some_and(|ttl| ExpiryPolicy::older_than(c.ticket.created, ttl, now_ms())) => {
+                    Err("Ticket not valid: it has expired".to_owned())
+                }
+                Some(registered) => {
+                    // CAS 3.0 §4.2: attributes MUST NOT be released to a non-SSL site. The user is still authenticated.
+                    let secure = target.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+                    let service = Some(registered.clone()).filter(|_| secure);
+                    let principal = Principal {
+                        id: registered.username(&c.tgt.principal).to_owned(),
+                        attributes: c
+                            .tgt
+                            .principal
+                            .attributes
+                            .iter()
+                            .filter(|(k, _)| service.as_ref().is_some_and(|s| s.releases(k)))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    };
+                    let authenticated = UNIX_EPOCH + Duration::from_millis(c.tgt.created);
+                    Ok(success(&principal, &target, &in_response_to, authenticated, now))
+                }
+            },
         },
     };
     let body = outcome.unwrap_or_else(|message| failure(&message, &target, &in_response_to, now));

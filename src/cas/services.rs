@@ -1,7 +1,16 @@
 //! The service registry: which applications may use this CAS server, what they may do, and what they are told.
+//! Services come from the config's `[[services]]` and, optionally, a directory of one file per service
+//! (`service_files`), reloaded while casd runs ([`LiveServices`]).
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
 use regex::Regex;
 use serde::Deserialize;
+
+use crate::ticket::Principal;
 
 /// One `[[services]]` entry as the config file writes it.
 #[derive(Clone, Debug, Deserialize)]
@@ -25,6 +34,26 @@ pub struct ServiceDefinition {
     /// Attributes released to this service; `["*"]` releases all.
     #[serde(default)]
     pub release: Vec<String>,
+    /// Evaluation order: lower first, then lower id (Apereo's `evaluationOrder`).
+    #[serde(default)]
+    pub order: i32,
+    /// A disabled service is known but refused: "not authorized to use this sign-on service", no tickets.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Single sign-on allowed; `false`: the user types their password for this service every time.
+    #[serde(default = "yes")]
+    pub sso: bool,
+    /// Who may use it: every named attribute must hold at least one of the listed values (an empty list: any
+    /// value). Others get "not authorized for this application" and no ticket.
+    #[serde(default)]
+    pub required_attributes: BTreeMap<String, Vec<String>>,
+    /// Its service tickets' lifetime, at most `tickets.st_ttl` (which is every ticket's upper bound).
+    #[serde(default, with = "humantime_serde")]
+    pub st_ttl: Option<Duration>,
+    /// The user name it receives: this attribute's first value instead of the principal id (Apereo's
+    /// `usernameAttributeProvider`); the principal id when the user has no such attribute.
+    #[serde(default)]
+    pub username_attribute: Option<String>,
 }
 
 fn yes() -> bool {
@@ -60,6 +89,12 @@ pub struct RegisteredService {
     /// How single logout reaches this service (`LogoutType::None` when `slo = false`).
     pub logout: LogoutType,
     release: Vec<String>,
+    pub order: i32,
+    pub enabled: bool,
+    pub sso: bool,
+    required_attributes: BTreeMap<String, Vec<String>>,
+    pub st_ttl: Option<Duration>,
+    username_attribute: Option<String>,
 }
 
 impl RegisteredService {
@@ -76,12 +111,52 @@ impl RegisteredService {
     pub fn releases(&self, attribute: &str) -> bool {
         self.release.iter().any(|r| r == "*" || r == attribute)
     }
+
+    /// Whether this principal may use the service (its required attributes).
+    pub fn admits(&self, principal: &Principal) -> bool {
+        self.required_attributes.iter().all(|(name, wanted)| match principal.attributes.get(name) {
+            Some(values) => wanted.is_empty() || values.iter().any(|v| wanted.contains(v)),
+            None => false,
+        })
+    }
+
+    /// The user name this service receives for `principal`.
+    pub fn username<'a>(&self, principal: &'a Principal) -> &'a str {
+        self.username_attribute
+            .as_deref()
+            .and_then(|a| principal.attributes.get(a))
+            .and_then(|v| v.first())
+            .map_or(principal.id.as_str(), String::as_str)
+    }
+
+    /// Compiles one definition; on error, the field and the pattern that failed.
+    pub fn compile(c: &ServiceDefinition) -> Result<Self, (&'static str, String, regex::Error)> {
+        let compile = |field, pattern: &str| anchored(pattern).map_err(|e| (field, pattern.to_owned(), e));
+        Ok(RegisteredService {
+            id: c.id,
+            name: c.name.clone(),
+            pattern: compile("pattern", &c.pattern)?,
+            proxy_callback: c
+                .proxy_callback_pattern
+                .as_deref()
+                .map(|p| compile("proxy_callback_pattern", p))
+                .transpose()?,
+            logout: if c.slo { c.logout_type } else { LogoutType::None },
+            release: c.release.clone(),
+            order: c.order,
+            enabled: c.enabled,
+            sso: c.sso,
+            required_attributes: c.required_attributes.clone(),
+            st_ttl: c.st_ttl,
+            username_attribute: c.username_attribute.clone(),
+        })
+    }
 }
 
 /// Services in evaluation order (lowest id first).
 #[derive(Debug)]
 pub struct ServiceRegistry {
-    services: Vec<RegisteredService>,
+    services: Vec<Arc<RegisteredService>>,
     /// Longer service URLs match no service: a ticket, a log line or a session's service list never carries one.
     max_url_bytes: usize,
 }
@@ -90,33 +165,46 @@ impl ServiceRegistry {
     /// Compiles the configured services, once. Patterns are anchored so that a pattern always matches the whole URL
     /// (Apereo's default full-regex matching).
     pub fn new(definitions: &[ServiceDefinition], max_url_bytes: usize) -> Result<Self, PatternError> {
-        let compile = |index, field, pattern: &str| {
-            anchored(pattern).map_err(|source| PatternError { index, field, pattern: pattern.to_owned(), source })
-        };
-        let mut services = definitions
+        let services = definitions
             .iter()
             .enumerate()
-            .map(|(i, c)| {
-                Ok(RegisteredService {
-                    id: c.id,
-                    name: c.name.clone(),
-                    pattern: compile(i, "pattern", &c.pattern)?,
-                    proxy_callback: c
-                        .proxy_callback_pattern
-                        .as_deref()
-                        .map(|p| compile(i, "proxy_callback_pattern", p))
-                        .transpose()?,
-                    logout: if c.slo { c.logout_type } else { LogoutType::None },
-                    release: c.release.clone(),
+            .map(|(index, c)| {
+                RegisteredService::compile(c).map_err(|(field, pattern, source)| PatternError {
+                    index,
+                    field,
+                    pattern,
+                    source,
                 })
             })
             .collect::<Result<Vec<_>, PatternError>>()?;
-        services.sort_by_key(|s| s.id);
-        Ok(Self { services, max_url_bytes })
+        Ok(Self::from_compiled(services, max_url_bytes))
+    }
+
+    /// Orders compiled services for evaluation: by `order`, then by id.
+    pub fn from_compiled(mut services: Vec<RegisteredService>, max_url_bytes: usize) -> Self {
+        services.sort_by_key(|s| (s.order, s.id));
+        Self { services: services.into_iter().map(Arc::new).collect(), max_url_bytes }
+    }
+
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
     }
 
     /// The service a URL belongs to, if any. Only absolute http(s) URLs can be services.
     pub fn find(&self, service_url: &str) -> Option<&RegisteredService> {
+        self.position(service_url).map(|i| &*self.services[i])
+    }
+
+    /// As [`ServiceRegistry::find`], a handle that outlives this registry (a reload may replace it).
+    pub fn find_shared(&self, service_url: &str) -> Option<Arc<RegisteredService>> {
+        self.position(service_url).map(|i| self.services[i].clone())
+    }
+
+    fn position(&self, service_url: &str) -> Option<usize> {
         if service_url.len() > self.max_url_bytes {
             return None;
         }
@@ -124,7 +212,44 @@ impl ServiceRegistry {
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
             return None;
         }
-        self.services.iter().find(|s| s.pattern.is_match(service_url))
+        self.services.iter().position(|s| s.pattern.is_match(service_url))
+    }
+}
+
+/// The registry in force, swapped whole when the service files change or on SIGHUP. A request takes one
+/// snapshot ([`LiveServices::current`]) and sees one registry throughout.
+pub struct LiveServices {
+    current: ArcSwap<ServiceRegistry>,
+    /// Where a reload reads from; `None`: the config's `[[services]]` only, nothing to reload.
+    source: Option<super::service_files::ServiceSource>,
+}
+
+impl LiveServices {
+    pub fn new(registry: ServiceRegistry, source: Option<super::service_files::ServiceSource>) -> Self {
+        Self { current: ArcSwap::from_pointee(registry), source }
+    }
+
+    pub fn current(&self) -> Arc<ServiceRegistry> {
+        self.current.load_full()
+    }
+
+    /// The service a URL belongs to in the registry now in force.
+    pub fn find(&self, service_url: &str) -> Option<Arc<RegisteredService>> {
+        self.current.load().find_shared(service_url)
+    }
+
+    /// Reads the services again. A bad file leaves the registry in force as it was and is reported (file, key,
+    /// reason); `Ok(None)` when nothing changed.
+    pub fn reload(&self) -> Result<Option<usize>, super::service_files::ServiceError> {
+        let Some(source) = &self.source else { return Ok(None) };
+        let registry = source.load()?;
+        let n = registry.len();
+        self.current.store(Arc::new(registry));
+        Ok(Some(n))
+    }
+
+    pub fn source(&self) -> Option<&super::service_files::ServiceSource> {
+        self.source.as_ref()
     }
 }
 
@@ -189,6 +314,12 @@ mod tests {
             slo: true,
             logout_type: LogoutType::Back,
             release: vec!["mail".into()],
+            order: 0,
+            enabled: true,
+            sso: true,
+            required_attributes: Default::default(),
+            st_ttl: None,
+            username_attribute: None,
         };
         ServiceRegistry::new(
             &[

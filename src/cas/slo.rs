@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 
 use super::outgoing_tls::ExtraRoots;
 use super::render::xml_escape;
-use super::services::{LogoutType, ServiceRegistry, with_query_param};
+use super::services::{LiveServices, LogoutType, with_query_param};
 use crate::ticket::Tgt;
 
 /// Requests one logout may have in flight at once.
@@ -68,7 +68,7 @@ impl SloSender {
     }
 
     /// Starts single logout for every ticket granted under `tgt` whose service still asks for it. Returns at once.
-    pub fn notify(self: &Arc<Self>, services: &ServiceRegistry, tgt: &Tgt) {
+    pub fn notify(self: &Arc<Self>, services: &LiveServices, tgt: &Tgt) {
         if !self.enabled {
             return;
         }
@@ -140,7 +140,7 @@ pub fn form_body(session_index: &str) -> String {
 /// Front-channel single logout (Apereo's, which java-cas-client reads): for each service of the ended session that
 /// asked for it, its URL with `logoutRequest=` the logout request, raw-deflated and base64-encoded, for the logout
 /// page to load in the user's browser.
-pub fn front_channel(services: &ServiceRegistry, tgt: &Tgt) -> Vec<String> {
+pub fn front_channel(services: &LiveServices, tgt: &Tgt) -> Vec<String> {
     use base64::Engine;
     use std::io::Write;
     tgt.services

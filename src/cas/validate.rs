@@ -19,7 +19,7 @@ use super::render::{self, AttrValue, Success};
 use super::services::same_service;
 use crate::clock::now_ms;
 use crate::registry::Consumed;
-use crate::ticket::{Pgt, TicketKind};
+use crate::ticket::{ExpiryPolicy, Pgt, TicketKind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Endpoint {
@@ -125,6 +125,18 @@ async fn validate(app: &AppState, p: &Params, endpoint: Endpoint) -> Result<Succ
     let Some(registered) = app.services.find(&st.service) else {
         return Err(CasFailure::new(CasCode::InvalidService, "The service is no longer registered"));
     };
+    if !registered.enabled {
+        return Err(CasFailure::new(CasCode::UnauthorizedService, "The service is not allowed to use this CAS server"));
+    }
+    // Its access strategy, again at validation: a proxy ticket was issued without it, and a service's required
+    // attributes may have changed since the ticket was issued.
+    if !registered.admits(&tgt.principal) {
+        return Err(CasFailure::new(CasCode::UnauthorizedService, "The user is not authorized for this service"));
+    }
+    // The service's own ticket lifetime (at most tickets.st_ttl, which the registry enforces for every ticket).
+    if kind == TicketKind::St && registered.st_ttl.is_some_and(|ttl| ExpiryPolicy::older_than(st.created, ttl, now)) {
+        return Err(CasFailure::new(CasCode::InvalidTicket, format!("Ticket '{ticket}' has expired")));
+    }
     // CAS 1.0 has no proxying: `/validate` ignores a pgtUrl rather than calling it (a callback answering 404 would
     // otherwise turn a valid ticket into `no`).
     let pgt_url = p.get("pgtUrl").filter(|_| endpoint != Endpoint::V1);
@@ -182,5 +194,5 @@ async fn validate(app: &AppState, p: &Params, endpoint: Endpoint) -> Result<Succ
     });
     let proxies = if kind == TicketKind::Pt { st.proxies.clone() } else { Vec::new() };
     app.metrics.validated(kind);
-    Ok(Success { user: tgt.principal.id.clone(), attributes, pgt_iou, proxies })
+    Ok(Success { user: registered.username(&tgt.principal).to_owned(), attributes, pgt_iou, proxies })
 }

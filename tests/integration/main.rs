@@ -15,6 +15,7 @@ mod proxy;
 mod replication;
 mod rest;
 mod saml;
+mod service_files;
 mod shutdown;
 mod slo;
 mod sql_auth;
