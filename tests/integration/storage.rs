@@ -113,6 +113,53 @@ async fn another_key_a_newer_format_and_a_directory_in_use_are_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A read-only data directory (a read-only mount, a wrong owner) is refused at start naming the path, and what
+/// it holds is kept: made writable again, the node starts with its sessions. As root, permissions do not bind,
+/// so the test makes the directory and its files immutable (`chattr +i`, as a read-only mount behaves).
+#[tokio::test]
+async fn a_read_only_directory_is_refused_naming_the_path_and_keeps_its_data() {
+    let dir = data_dir("readonly");
+    let node = start(durable(&dir, DurabilityMode::Sync)).await;
+    let mut b = Browser::new(&node);
+    b.login("http://127.0.0.1:9/app").await;
+    node.shutdown().await;
+    let journal = dir.join("journal");
+    let before = std::fs::read(&journal).expect("journal");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir).expect("dir").map(|e| e.expect("entry").path()).collect();
+    paths.push(dir.clone());
+    let root = rustix::process::geteuid().is_root();
+    let set_read_only = |on: bool| {
+        for p in &paths {
+            if root {
+                let flag = if on { "+i" } else { "-i" };
+                let ok = std::process::Command::new("chattr").arg(flag).arg(p).status().expect("chattr (e2fsprogs)");
+                assert!(ok.success(), "chattr {flag} {}", p.display());
+            } else {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = match (on, p.is_dir()) {
+                    (true, true) => 0o555,
+                    (true, false) => 0o444,
+                    (false, true) => 0o755,
+                    (false, false) => 0o644,
+                };
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            }
+        }
+    };
+    set_read_only(true);
+    let refused = Node::start(config(durable(&dir, DurabilityMode::Sync))).await.err();
+    set_read_only(false);
+    let e = refused.expect("a read-only directory is refused").to_string();
+    assert!(e.contains(&dir.display().to_string()), "the error names the path: {e}");
+    assert_eq!(std::fs::read(&journal).expect("journal"), before, "nothing was lost or changed");
+    let node = start(durable(&dir, DurabilityMode::Sync)).await;
+    let mut b = Browser { base: node.base_url(), ..b };
+    let page = b.get(&format!("/login?service={}", enc("http://127.0.0.1:9/app"))).await;
+    assert_eq!(page.status, 302, "the session is still there once the directory is writable");
+    node.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A torn last record (a crash in the middle of a write) is cut at start; everything before it is kept.
 #[tokio::test]
 async fn a_torn_tail_is_cut_and_the_rest_kept() {
