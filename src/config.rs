@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::auth::{SourceConfig, UserRecord, UsersFile};
 use crate::cas::Limits;
+use crate::cas::pages::{Pages, UiConfig};
 use crate::cas::service_files::{ServiceError, ServiceSource};
 use crate::cas::services::{ServiceDefinition, ServiceRegistry};
 use crate::cluster::ClusterSettings;
@@ -68,6 +69,9 @@ pub struct Config {
     /// Service definitions in files (`[service_registry] dir`), beside `[[services]]`.
     #[serde(default)]
     pub service_registry: ServiceRegistryConfig,
+    /// Themes and the default theme of the pages (`crate::cas::pages`).
+    #[serde(default)]
+    pub ui: UiConfig,
     /// Absent: a single node with no peers.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
@@ -581,6 +585,7 @@ impl Config {
             };
             relative(&mut config.auth.users_file);
             relative(&mut config.service_registry.dir);
+            relative(&mut config.ui.themes_dir);
             for source in &mut config.auth.sources {
                 match source {
                     SourceConfig::Ldap(l) => {
@@ -610,7 +615,10 @@ impl Config {
     /// node starts from.
     pub fn resolve(self) -> Result<Resolved, ConfigError> {
         self.validate()?;
+        let pages = Pages::load(&self.http.base_path, &self.ui)
+            .map_err(|e| ConfigError::Parse { file: e.file, detail: e.detail })?;
         let service_source = ServiceSource {
+            themes: pages.theme_names(),
             config_file: self.source.clone(),
             inline: self.services.clone(),
             dir: self.service_registry.dir.clone(),
@@ -641,7 +649,7 @@ impl Config {
             None => None,
         };
         let storage = self.storage_plan(cluster.as_ref())?;
-        Ok(Resolved { config: self, services, service_source, users, cluster, storage })
+        Ok(Resolved { config: self, services, service_source, pages, users, cluster, storage })
     }
 
     /// The journal's directory, mode and key: the key is derived from the cluster key in a cluster (every node
@@ -922,6 +930,8 @@ pub struct Resolved {
     pub services: ServiceRegistry,
     /// Where the services were read from, for reloads.
     pub service_source: ServiceSource,
+    /// The pages, with their themes loaded and checked.
+    pub pages: Pages,
     /// Inline users and those of `auth.users_file`.
     pub users: Vec<UserRecord>,
     pub cluster: Option<ClusterPlan>,

@@ -76,7 +76,7 @@ impl Node {
     /// (state transfer) and only then reports `ready` and answers CAS requests (invariant 5); meanwhile `/ready`
     /// says what it waits for and CAS endpoints answer 503.
     pub async fn start(config: Config) -> Result<NodeHandle, StartError> {
-        let Resolved { config, services, service_source, users, cluster: plan, storage } = config.resolve()?;
+        let Resolved { config, services, service_source, pages, users, cluster: plan, storage } = config.resolve()?;
         let services =
             cas::services::LiveServices::new(services, service_source.dir.is_some().then_some(service_source));
         // Read back before anything else runs: the maps start from it, and it must not depend on a peer.
@@ -136,7 +136,7 @@ impl Node {
             }
             None => Box::new(|| true),
         };
-        let app = Arc::new(build_app(&config, ids, maps, services, users, ready)?);
+        let app = Arc::new(build_app(&config, ids, maps, (services, pages), users, ready)?);
         let access = match (&config.ops.token, config.ops.public || config.is_demo) {
             (Some(token), _) => Access::Token(token.0.clone()),
             (None, true) => Access::Anyone,
@@ -196,7 +196,7 @@ fn build_app(
     config: &Config,
     ids: IdGenerator,
     maps: Maps,
-    services: cas::services::LiveServices,
+    (services, pages): (cas::services::LiveServices, Pages),
     users: Vec<crate::auth::UserRecord>,
     ready: Box<dyn Fn() -> bool + Send + Sync>,
 ) -> Result<App, StartError> {
@@ -240,7 +240,7 @@ fn build_app(
             max_tracked: config.throttle.max_tracked,
         }),
         trusted_proxies: config.throttle.trusted_proxies.clone(),
-        pages: Pages::new(&config.http.base_path),
+        pages,
         cookie: TgcCookie {
             name: config.cookie.name.clone(),
             path: config.http.base_path.clone(),

@@ -10,7 +10,7 @@ use axum::http::header::SET_COOKIE;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::pages::{LoginForm, Tone};
+use super::pages::{LoginForm, Text, Tone, View};
 use super::params::{Params, Query};
 use super::services::with_query_param;
 use super::{AppState, found};
@@ -94,10 +94,11 @@ pub async fn form(State(app): State<AppState>, headers: HeaderMap, Query(p): Que
         None => None,
     };
     let registered = service.and_then(|s| app.services.find(s));
+    let view = app.pages.view(&headers, registered.as_ref().and_then(|r| r.theme.as_deref()));
     if let (Some(s), Some(r)) = (service, &registered)
         && !r.enabled
     {
-        return service_disabled(&app, s);
+        return service_disabled(&view, s);
     }
     let facts = LoginFacts {
         service_registered: service.map(|_| registered.is_some()),
@@ -108,36 +109,35 @@ pub async fn form(State(app): State<AppState>, headers: HeaderMap, Query(p): Que
     };
     let method = ResponseMethod::parse(&p);
     match (decide(facts), service, session) {
-        (LoginStep::UnknownService, Some(s), _) => unknown_service(&app, s),
+        (LoginStep::UnknownService, Some(s), _) => unknown_service(&view, s),
         (LoginStep::GrantTicket, Some(s), Some((tgt, session))) => {
             if registered.as_ref().is_some_and(|r| !r.admits(&session.principal)) {
-                return not_authorized(&app, s);
+                return not_authorized(&view, s);
             }
             match app.registry.grant_st(&tgt, s, false, now).await {
                 Ok(st) => {
                     app.metrics.issued(TicketKind::St);
                     // `warn` (the request's, or the browser's warn cookie): single sign-on must not be transparent.
                     if method == ResponseMethod::Get && (p.flag("warn") || app.cookie.warns(&headers)) {
-                        return warn_page(&app, s, &st);
+                        return warn_page(&app, &view, s, &st);
                     }
-                    send_ticket(&app, s, &st, method)
+                    send_ticket(&view, s, &st, method)
                 }
                 Err(e) => {
                     tracing::info!(error = %e, "sso grant failed; asking for credentials");
-                    show_form(&app, StatusCode::OK, &p, None, "").await
+                    show_form(&app, &view, StatusCode::OK, &p, None, "").await
                 }
             }
         }
         (LoginStep::GatewayRedirect, Some(s), _) => found(s),
-        (LoginStep::AlreadyLoggedIn, _, _) => app.pages.message(
+        (LoginStep::AlreadyLoggedIn, _, _) => view.message(
             StatusCode::OK,
-            "You are logged in",
-            "You have an active single sign-on session. Applications that use this service will let you in without \
-             asking for your password.",
+            "message.logged_in_title",
+            "message.logged_in",
             Tone::Ok,
-            Some((&format!("{}/logout", app.base_path), "Log out")),
+            Some((&format!("{}/logout", app.base_path), "message.log_out".into())),
         ),
-        _ => show_form(&app, StatusCode::OK, &p, None, "").await,
+        _ => show_form(&app, &view, StatusCode::OK, &p, None, "").await,
     }
 }
 
@@ -153,10 +153,11 @@ pub async fn submit(
     let addr = super::client_addr::client_addr(addr.ip(), &headers, &app.trusted_proxies);
     if !super::origin::same_origin(&headers) {
         tracing::warn!("login form posted from another site refused");
-        return app.pages.message(
+        let view = app.pages.view(&headers, None);
+        return view.message(
             StatusCode::FORBIDDEN,
-            "Login refused",
-            "This login form was sent from another web site. Open the login page of this service and try again.",
+            "message.cross_site_title",
+            "message.cross_site",
             Tone::Error,
             None,
         );
@@ -169,24 +170,25 @@ pub async fn submit(
     let p = form.clone().merged(query);
     let service = p.get("service");
     let registered = service.and_then(|s| app.services.find(s));
+    let view = app.pages.view(&headers, registered.as_ref().and_then(|r| r.theme.as_deref()));
     match (service, &registered) {
-        (Some(s), None) => return unknown_service(&app, s),
-        (Some(s), Some(r)) if !r.enabled => return service_disabled(&app, s),
+        (Some(s), None) => return unknown_service(&view, s),
+        (Some(s), Some(r)) if !r.enabled => return service_disabled(&view, s),
         _ => {}
     }
     // Over the limits nothing is checked or recorded: a huge name must not sit in the throttle map.
     if username.len() > app.limits.max_username_bytes || password.len() > app.limits.max_password_bytes {
         app.metrics.logins_failed.fetch_add(1, Ordering::Relaxed);
-        let msg = "The username or password you entered is incorrect.";
-        return show_form(&app, StatusCode::UNAUTHORIZED, &p, Some(msg), "").await;
+        let msg = Text::new("login.invalid_credentials");
+        return show_form(&app, &view, StatusCode::UNAUTHORIZED, &p, Some(msg), "").await;
     }
     let lt_ok = match p.get("lt") {
         Some(lt) => app.registry.consume_lt(lt, now).await.is_ok(),
         None => false,
     };
     if !lt_ok {
-        let msg = "Your login form had expired or was already used. Please enter your credentials again.";
-        return show_form(&app, StatusCode::BAD_REQUEST, &p, Some(msg), username).await;
+        let msg = Text::new("login.expired_form");
+        return show_form(&app, &view, StatusCode::BAD_REQUEST, &p, Some(msg), username).await;
     }
     let policy = app.registry.policy();
     let remember = policy.remember_me && form.flag("rememberMe");
@@ -194,24 +196,22 @@ pub async fn submit(
         Ok(opened) => opened,
         Err(Refused::Throttled(t)) => {
             let wait = t.retry_after.as_secs().max(1);
-            let msg = if t.per_address {
-                format!("Too many failed logins from your network. Please try again in {wait} seconds.")
-            } else {
-                format!("Too many failed attempts for this account. It is locked for {wait} more seconds.")
-            };
-            return show_form(&app, StatusCode::TOO_MANY_REQUESTS, &p, Some(&msg), username).await;
+            let key = if t.per_address { "login.throttled_address" } else { "login.throttled_account" };
+            let msg = Text::new(key).with("seconds", wait);
+            return show_form(&app, &view, StatusCode::TOO_MANY_REQUESTS, &p, Some(msg), username).await;
         }
         Err(Refused::InvalidCredentials) => {
-            let msg = "The username or password you entered is incorrect.";
-            return show_form(&app, StatusCode::UNAUTHORIZED, &p, Some(msg), username).await;
+            let msg = Text::new("login.invalid_credentials");
+            return show_form(&app, &view, StatusCode::UNAUTHORIZED, &p, Some(msg), username).await;
         }
         // Not the user's fault: neither counted against the account nor shown as a wrong password.
-        Err(Refused::NotChecked(e)) => return busy(&app, &e),
+        Err(Refused::NotChecked(e)) => return busy(&view, &e),
         Err(Refused::Account(problem)) => {
-            return show_form(&app, StatusCode::FORBIDDEN, &p, Some(account_message(problem)), username).await;
+            let msg = Text::new(account_message(problem));
+            return show_form(&app, &view, StatusCode::FORBIDDEN, &p, Some(msg), username).await;
         }
-        Err(Refused::SourceUnavailable) => return directory_unavailable(&app),
-        Err(Refused::Unavailable(e)) => return unavailable(&app, &e),
+        Err(Refused::SourceUnavailable) => return directory_unavailable(&view),
+        Err(Refused::Unavailable(e)) => return unavailable(&view, &e),
     };
     end_replaced_session(&app, &headers).await;
     let cookie = match remember {
@@ -227,20 +227,20 @@ pub async fn submit(
     };
     let mut response = match service {
         // Logged in, but this application is not for this user: the session stays (for other applications).
-        Some(s) if registered.as_ref().is_some_and(|r| !r.admits(&principal)) => not_authorized(&app, s),
+        Some(s) if registered.as_ref().is_some_and(|r| !r.admits(&principal)) => not_authorized(&view, s),
         Some(s) => match app.registry.grant_st(&tgt, s, true, now).await {
             Ok(st) => {
                 app.metrics.issued(TicketKind::St);
-                send_ticket(&app, s, &st, ResponseMethod::parse(&p))
+                send_ticket(&view, s, &st, ResponseMethod::parse(&p))
             }
-            Err(e) => unavailable(&app, &e),
+            Err(e) => unavailable(&view, &e),
         },
-        None => app.pages.message(
+        None => view.message(
             StatusCode::OK,
-            "Log in successful",
-            "You are now logged in. For security, log out and close your browser when you are done.",
+            "message.login_ok_title",
+            "message.login_ok",
             Tone::Ok,
-            Some((&format!("{}/logout", app.base_path), "Log out")),
+            Some((&format!("{}/logout", app.base_path), "message.log_out".into())),
         ),
     };
     for c in std::iter::once(cookie).chain(warn) {
@@ -318,18 +318,15 @@ pub(super) async fn open_session(
 
 /// The `warn` interstitial (CAS 3.0 §2.1.1): the ticket is issued, but the browser goes on only if its user says
 /// so. Only to a registered service, as every redirect.
-fn warn_page(app: &AppState, service: &str, st: &TicketId) -> Response {
+fn warn_page(app: &AppState, view: &View<'_>, service: &str, st: &TicketId) -> Response {
     let registered = app.services.find(service);
     let name = registered.as_ref().map_or(service, |s| s.name.as_str());
-    app.pages.message(
+    view.message(
         StatusCode::OK,
-        "Continue to the application?",
-        &format!(
-            "You asked to be told before you are logged in to another application. You are about to log in to \
-             {name}."
-        ),
+        "message.warn_title",
+        Text::new("message.warn").with("service", name),
         Tone::Ok,
-        Some((&with_query_param(service, "ticket", st.as_str()), "Continue")),
+        Some((&with_query_param(service, "ticket", st.as_str()), "message.continue".into())),
     )
 }
 
@@ -354,13 +351,20 @@ async fn end_replaced_session(app: &AppState, headers: &HeaderMap) {
     }
 }
 
-async fn show_form(app: &AppState, status: StatusCode, p: &Params, error: Option<&str>, username: &str) -> Response {
+async fn show_form(
+    app: &AppState,
+    view: &View<'_>,
+    status: StatusCode,
+    p: &Params,
+    error: Option<Text>,
+    username: &str,
+) -> Response {
     let lt = match app.registry.issue_lt(now_ms()).await {
         Ok(lt) => {
             app.metrics.issued(TicketKind::Lt);
             lt
         }
-        Err(e) => return unavailable(app, &e),
+        Err(e) => return unavailable(view, &e),
     };
     let service = p.get("service");
     let registered = service.and_then(|s| app.services.find(s));
@@ -375,13 +379,13 @@ async fn show_form(app: &AppState, status: StatusCode, p: &Params, error: Option
         warn: p.flag("warn"),
         remember_me: app.registry.policy().remember_me,
     };
-    app.pages.login(status, &format!("{}/login", app.base_path), &form)
+    view.login(status, &format!("{}/login", app.base_path), &form)
 }
 
-fn send_ticket(app: &AppState, service: &str, st: &TicketId, method: ResponseMethod) -> Response {
+fn send_ticket(view: &View<'_>, service: &str, st: &TicketId, method: ResponseMethod) -> Response {
     match method {
         ResponseMethod::Get => found(&with_query_param(service, "ticket", st.as_str())),
-        ResponseMethod::Post => app.pages.post_redirect(service, st.as_str()),
+        ResponseMethod::Post => view.post_redirect(service, st.as_str()),
         ResponseMethod::Header => {
             let mut r = StatusCode::OK.into_response();
             for (name, value) in [("service", service), ("ticket", st.as_str())] {
@@ -395,41 +399,20 @@ fn send_ticket(app: &AppState, service: &str, st: &TicketId, method: ResponseMet
 }
 
 /// A registered service its definition disables (`enabled = false`): known, but no tickets for it.
-fn service_disabled(app: &AppState, service: &str) -> Response {
+fn service_disabled(view: &View<'_>, service: &str) -> Response {
     tracing::info!(service = %log_prefix(service), "login for a disabled service refused");
-    app.pages.message(
-        StatusCode::FORBIDDEN,
-        "Application not authorized",
-        "The application you came from is not allowed to use this single sign-on service at the moment. Please \
-         contact the application's administrator.",
-        Tone::Error,
-        None,
-    )
+    view.message(StatusCode::FORBIDDEN, "message.service_disabled_title", "message.service_disabled", Tone::Error, None)
 }
 
 /// The user is logged in but the service's access strategy (its required attributes) does not admit them.
-fn not_authorized(app: &AppState, service: &str) -> Response {
+fn not_authorized(view: &View<'_>, service: &str) -> Response {
     tracing::info!(service = %log_prefix(service), "user not authorized for the service by its access strategy");
-    app.pages.message(
-        StatusCode::FORBIDDEN,
-        "Not authorized for this application",
-        "You are logged in, but your account is not authorized to use this application. If you think it should \
-         be, contact the application's administrator.",
-        Tone::Error,
-        None,
-    )
+    view.message(StatusCode::FORBIDDEN, "message.not_authorized_title", "message.not_authorized", Tone::Error, None)
 }
 
-fn unknown_service(app: &AppState, service: &str) -> Response {
+fn unknown_service(view: &View<'_>, service: &str) -> Response {
     tracing::info!(service = %log_prefix(service), "login for an unregistered service refused");
-    app.pages.message(
-        StatusCode::FORBIDDEN,
-        "Application not authorized",
-        "The application you came from is not registered to use this single sign-on service, so you will not be \
-         sent back to it. Please contact the application's administrator.",
-        Tone::Error,
-        None,
-    )
+    view.message(StatusCode::FORBIDDEN, "message.unknown_service_title", "message.unknown_service", Tone::Error, None)
 }
 
 /// At most the first 200 bytes of a client-chosen string, for a log line that one client cannot make huge.
@@ -441,24 +424,23 @@ fn log_prefix(s: &str) -> &str {
     &s[..end]
 }
 
-/// What the login page says when the directory refuses the account itself.
+/// The message key the login page shows when the directory refuses the account itself.
 pub(super) fn account_message(problem: AccountProblem) -> &'static str {
     match problem {
-        AccountProblem::Locked => "Your account is locked. Please contact your help desk.",
-        AccountProblem::Disabled => "Your account is disabled. Please contact your help desk.",
-        AccountProblem::PasswordExpired => "Your password has expired. Please change it before you log in.",
-        AccountProblem::AccountExpired => "Your account has expired. Please contact your help desk.",
-        AccountProblem::MustChangePassword => "You must change your password before you can log in.",
+        AccountProblem::Locked => "login.account_locked",
+        AccountProblem::Disabled => "login.account_disabled",
+        AccountProblem::PasswordExpired => "login.password_expired",
+        AccountProblem::AccountExpired => "login.account_expired",
+        AccountProblem::MustChangePassword => "login.must_change_password",
     }
 }
 
 /// No source that could know the user answered: not the user's fault, nothing counted against them.
-fn directory_unavailable(app: &AppState) -> Response {
-    let mut page = app.pages.message(
+fn directory_unavailable(view: &View<'_>) -> Response {
+    let mut page = view.message(
         StatusCode::SERVICE_UNAVAILABLE,
-        "Service unavailable",
-        "The sign-on service cannot reach the user directory right now, so it could not check your password. \
-         Please try again in a few minutes.",
+        "message.directory_down_title",
+        "message.directory_down",
         Tone::Error,
         None,
     );
@@ -467,28 +449,17 @@ fn directory_unavailable(app: &AppState) -> Response {
 }
 
 /// The password check could not run now (too many waiting).
-fn busy(app: &AppState, e: &AuthError) -> Response {
+fn busy(view: &View<'_>, e: &AuthError) -> Response {
     tracing::warn!(error = %e, "password check not made");
-    let mut page = app.pages.message(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "Busy",
-        "The sign-on service is busy and could not check your password. Please try again in a moment.",
-        Tone::Error,
-        None,
-    );
+    let mut page =
+        view.message(StatusCode::SERVICE_UNAVAILABLE, "message.busy_title", "message.busy", Tone::Error, None);
     page.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     page
 }
 
-fn unavailable(app: &AppState, e: &RegistryError) -> Response {
+fn unavailable(view: &View<'_>, e: &RegistryError) -> Response {
     tracing::warn!(error = %e, "login could not be completed");
-    app.pages.message(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "Temporarily unavailable",
-        "The sign-on service cannot complete your login right now. Please try again in a moment.",
-        Tone::Error,
-        None,
-    )
+    view.message(StatusCode::SERVICE_UNAVAILABLE, "message.unavailable_title", "message.unavailable", Tone::Error, None)
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use super::{AppState, found};
 
 #[tracing::instrument(skip_all)]
 pub async fn logout(State(app): State<AppState>, headers: HeaderMap, Query(p): Query) -> Response {
+    let target = p.get("service").or(p.get("url")).and_then(|s| app.services.find(s));
+    let view = app.pages.view(&headers, target.as_ref().and_then(|r| r.theme.as_deref()));
     let mut confirmed = true;
     let mut front = Vec::new();
     if let Some(value) = app.cookie.read(&headers) {
@@ -29,10 +31,10 @@ pub async fn logout(State(app): State<AppState>, headers: HeaderMap, Query(p): Q
             }
             Err(e) => {
                 tracing::warn!(error = %e, "logout could not reach the registry");
-                return app.pages.message(
+                return view.message(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "Logout incomplete",
-                    "Your session could not be ended everywhere. Please try again in a moment.",
+                    "message.logout_incomplete_title",
+                    "message.logout_incomplete",
                     Tone::Error,
                     None,
                 );
@@ -46,24 +48,22 @@ pub async fn logout(State(app): State<AppState>, headers: HeaderMap, Query(p): Q
         Some(service) if confirmed && front.is_empty() => found(service),
         _ if !confirmed => {
             tracing::warn!("logout not confirmed by the logout quorum; the peers that missed it are retried");
-            app.pages.message_loading(
+            view.message_loading(
                 StatusCode::ACCEPTED,
-                "Logout not yet confirmed everywhere",
-                "You are logged out here and your browser's session cookie is cleared, but not every server of the \
-                 single sign-on service has confirmed it yet; they are being told again. For security, close your \
-                 browser.",
+                "message.logout_unconfirmed_title",
+                "message.logout_unconfirmed",
                 Tone::Error,
-                registered("service").or(registered("url")).map(|u| (u, "Back to the application")),
+                registered("service").or(registered("url")).map(|u| (u, "message.back_to_application".into())),
                 &front,
             )
         }
-        _ => app.pages.message_loading(
+        _ => view.message_loading(
             StatusCode::OK,
-            "Logout successful",
-            "You have been logged out of the single sign-on service. For security, close your browser.",
+            "message.logout_ok_title",
+            "message.logout_ok",
             Tone::Ok,
             // CAS 2.0's `url` (or a `service` waiting for the front-channel logouts): a link, and only when registered.
-            registered("service").or(registered("url")).map(|u| (u, "Back to the application")),
+            registered("service").or(registered("url")).map(|u| (u, "message.back_to_application".into())),
             &front,
         ),
     };

@@ -26,6 +26,7 @@ pub fn router(app: AppState, extra: Router) -> Router {
         // A login form is a few fields within [limits]: a larger body is refused (413) before it is read whole.
         .route("/login", get(login::form).post(login::submit).layer(DefaultBodyLimit::max(LOGIN_FORM_BYTES)))
         .route("/logout", get(logout::logout).post(logout::logout))
+        .route("/theme/{name}/logo", get(theme_logo))
         .route("/validate", get(validate::v1).post(validate::v1))
         .route("/serviceValidate", get(validate::v2_service).post(validate::v2_service))
         .route("/proxyValidate", get(validate::v2_proxy).post(validate::v2_proxy))
@@ -77,4 +78,12 @@ async fn security_headers(State(app): State<AppState>, mut response: Response) -
     h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
     h.insert(EXPIRES, HeaderValue::from_static("0"));
     response
+}
+
+/// A theme's logo (`<themes_dir>/<name>/logo.svg` or `logo.png`), read at start.
+async fn theme_logo(
+    axum::extract::State(app): axum::extract::State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> axum::response::Response {
+    app.pages.logo(&name)
 }

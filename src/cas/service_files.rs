@@ -31,6 +31,8 @@ pub struct ServiceSource {
     pub max_url_bytes: usize,
     /// `tickets.st_ttl`: no service's tickets may live longer.
     pub max_st_ttl: Duration,
+    /// The themes a service may name.
+    pub themes: Vec<String>,
 }
 
 impl ServiceSource {
@@ -80,6 +82,11 @@ impl ServiceSource {
                     humantime::format_duration(self.max_st_ttl)
                 );
                 return Err(invalid("st_ttl", humantime::format_duration(ttl).to_string(), reason));
+            }
+            if let Some(theme) = &def.theme
+                && !self.themes.contains(theme)
+            {
+                return Err(invalid("theme", theme.clone(), "no such theme folder in ui.themes_dir".into()));
             }
             let service = RegisteredService::compile(def)
                 .map_err(|(field, pattern, e)| invalid(field, pattern, e.to_string()))?;
@@ -133,6 +140,7 @@ mod tests {
             dir: Some(dir.to_owned()),
             max_url_bytes: 4096,
             max_st_ttl: Duration::from_secs(10),
+            themes: Vec::new(),
         }
     }
 
@@ -163,8 +171,12 @@ mod tests {
         assert!(e.contains("st_ttl") && e.contains("at most tickets.st_ttl"), "{e}");
         std::fs::write(dir.join("30-bad.toml"), "id = 30\nname = \"x\"\npattern = 'https://x/'\ntheme = \"blue\"\n")
             .expect("write");
+        let e = source(&dir).load().expect_err("unknown theme").to_string();
+        assert!(e.contains("30-bad.toml") && e.contains("theme") && e.contains("blue"), "{e}");
+        std::fs::write(dir.join("30-bad.toml"), "id = 30\nname = \"x\"\npattern = 'https://x/'\ncolour = \"blue\"\n")
+            .expect("write");
         let e = source(&dir).load().expect_err("unknown key").to_string();
-        assert!(e.contains("30-bad.toml") && e.contains("theme"), "{e}");
+        assert!(e.contains("30-bad.toml") && e.contains("colour"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

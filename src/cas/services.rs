@@ -54,6 +54,9 @@ pub struct ServiceDefinition {
     /// `usernameAttributeProvider`); the principal id when the user has no such attribute.
     #[serde(default)]
     pub username_attribute: Option<String>,
+    /// The theme of the pages shown for it (a folder of `ui.themes_dir`).
+    #[serde(default)]
+    pub theme: Option<String>,
 }
 
 fn yes() -> bool {
@@ -95,6 +98,7 @@ pub struct RegisteredService {
     required_attributes: BTreeMap<String, Vec<String>>,
     pub st_ttl: Option<Duration>,
     username_attribute: Option<String>,
+    pub theme: Option<String>,
 }
 
 impl RegisteredService {
@@ -149,6 +153,7 @@ impl RegisteredService {
             required_attributes: c.required_attributes.clone(),
             st_ttl: c.st_ttl,
             username_attribute: c.username_attribute.clone(),
+            theme: c.theme.clone(),
         })
     }
 }
@@ -320,6 +325,7 @@ mod tests {
             required_attributes: Default::default(),
             st_ttl: None,
             username_attribute: None,
+            theme: None,
         };
         ServiceRegistry::new(
             &[

@@ -22,6 +22,9 @@ impl Pages {
         env.add_template("base.html", include_str!("../cas/templates/base.html")).expect("built-in template is valid");
         env.add_template("cluster.html", include_str!("templates/cluster.html")).expect("built-in template is valid");
         env.add_global("base_path", base_path.to_owned());
+        // The operators' page is in English, in the built-in look.
+        env.add_global("t", minijinja::Value::from_serialize(crate::cas::pages::english()));
+        env.add_global("lang", "en");
         Self { env }
     }
 }
