@@ -11,6 +11,7 @@ mod ldap_auth;
 mod login;
 mod logout;
 mod ops;
+mod pages;
 mod proxy;
 mod replication;
 mod rest;
