@@ -23,7 +23,8 @@ async fn pages_follow_accept_language() {
     let base = node.base_url();
     let (status, fr) = page(format!("{base}/login?service={}", enc(APP)), "fr-CA,fr;q=0.9,en;q=0.5", None).await;
     assert_eq!(status, 200);
-    for text in ["<html lang=\"fr\">", "Connexion", "Mot de passe", "Identifiant", "Service central d'authentification"] {
+    for text in ["<html lang=\"fr\">", "Connexion", "Mot de passe", "Identifiant", "Service central d'authentification"]
+    {
         assert!(fr.contains(text), "{text} in\n{fr}");
     }
     let (_, en) = page(format!("{base}/login"), "de-DE,de;q=0.9", None).await;

@@ -2,6 +2,9 @@
 """Drives a running casd with python-cas (PyPI `python-cas`), an unmodified third-party CAS client.
 
 Usage: python_cas_flow.py BASE_URL      (e.g. http://127.0.0.1:8080/cas)
+       with CASD_INTEROP_TLS_CERT and CASD_INTEROP_TLS_KEY: PEM files of a certificate for 127.0.0.1 under a private CA
+       the server trusts (tls.client.extra_ca_file), for the https single-logout receiver. The server must allow
+       remember-me (tickets.remember_me).
 
 A requests.Session plays the browser; a local http.server plays the application (its URL is the service and it
 receives single-logout POSTs). For CAS 1.0, 2.0, 3.0 and SAML 1.1 it logs in (password first, SSO after), validates
@@ -10,7 +13,9 @@ python-cas accepts the single-logout request for the service's most recent ticke
 'N passed, N failed' line; exits non-zero on any failure.
 """
 import http.server
+import os
 import re
+import ssl
 import sys
 import threading
 import time
@@ -103,7 +108,7 @@ while not slo_bodies and time.monotonic() < deadline:
 time.sleep(0.5)  # room for any (wrong) extra request to arrive
 # The http service got four tickets; like Apereo, casd tracks the most recent ticket per service for single logout.
 # (The https SAML service is this same plain-http server: its logout request fails at the TLS handshake.)
-check(f'one logout request for the http service ({len(slo_bodies)})', len(slo_bodies) == 1)
+check(f'one logout request for the http service ({len(slo_bodies)})', len(slo_bodies) == 1, slo_bodies)
 logout_request = urllib.parse.parse_qs(slo_bodies[0]).get('logoutRequest', [''])[0] if slo_bodies else ''
 check('python-cas accepts the logout request for the most recent ticket',
       CASClientV3.verify_logout_request(logout_request, issued[-1]), logout_request)
@@ -111,6 +116,104 @@ check('python-cas refuses it for an older ticket', not CASClientV3.verify_logout
 
 response = browser.get(v3.get_login_url(), allow_redirects=False)
 check('after logout the login form is shown again', response.status_code == 200 and 'name="password"' in response.text)
+
+
+
+def wait_for(bodies, count):
+    deadline = time.monotonic() + 10
+    while len(bodies) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return len(bodies) >= count
+
+
+def logout_request_of(body):
+    return urllib.parse.parse_qs(body).get('logoutRequest', [''])[0]
+
+
+# The REST protocol. python-cas has no REST client, so plain HTTP with Apereo's expectations, and python-cas for
+# what follows: the ticket's validation and the single logout that the REST logout sends.
+rest = requests.Session()
+r = rest.post(BASE + 'v1/tickets', data={'username': USER, 'password': 'wrong'}, allow_redirects=False)
+check(f'REST: a wrong password is 401 ({r.status_code})', r.status_code == 401)
+r = rest.post(BASE + 'v1/tickets', data={'username': USER, 'password': PASSWORD}, allow_redirects=False)
+tgt_url = r.headers.get('Location', '')
+check(f'REST: 201 Created with the TGT URL ({r.status_code})', r.status_code == 201 and '/v1/tickets/TGT-' in tgt_url,
+      r.headers)
+r = rest.post(tgt_url, data={'service': SERVICE})
+rest_st = r.text.strip()
+check(f'REST: the TGT URL gives a service ticket ({r.status_code})', r.status_code == 200 and rest_st.startswith('ST-'),
+      r.text[:200])
+user, attributes, _ = CASClientV3(service_url=SERVICE, server_url=BASE).verify_ticket(rest_st)
+check('REST: python-cas validates the REST ticket', user == USER and (attributes or {}).get('mail'), (user, attributes))
+before = len(slo_bodies)
+r = rest.delete(tgt_url)
+check(f'REST: DELETE ends the session ({r.status_code})', r.status_code == 200)
+check('REST: the DELETE sends single logout', wait_for(slo_bodies, before + 1))
+check('REST: python-cas accepts that logout request',
+      len(slo_bodies) > before and CASClientV3.verify_logout_request(logout_request_of(slo_bodies[before]), rest_st))
+check('REST: the TGT is gone', rest.get(tgt_url).status_code == 404)
+
+
+def password_login(session, service, extra=None):
+    form_page = session.get(BASE + 'login', params={'service': service}, allow_redirects=False)
+    lt = re.search(r'name="lt" value="(LT-[A-Za-z0-9-]+)"', form_page.text).group(1)
+    form = {'username': USER, 'password': PASSWORD, 'lt': lt, 'service': service, **(extra or {})}
+    return session.post(BASE + 'login', data=form, allow_redirects=False)
+
+
+def restarted(session):
+    """A browser restarted: only the cookies with an expiry survive."""
+    after = requests.Session()
+    for c in session.cookies:
+        if c.expires is not None:
+            after.cookies.set_cookie(c)
+    return after
+
+
+# Remember-me: the cookie outlives the browser; a plain login's does not.
+remembered = requests.Session()
+r = password_login(remembered, SERVICE, {'rememberMe': 'true'})
+check('remember-me: the login redirects with a ticket', r.status_code == 302 and ticket_from(r))
+after = restarted(remembered)
+check('remember-me: the cookie is persistent', len(after.cookies) >= 1, list(remembered.cookies))
+r = after.get(BASE + 'login', params={'service': SERVICE}, allow_redirects=False)
+ticket = ticket_from(r)
+check(f'remember-me: SSO after a browser restart ({r.status_code})', r.status_code == 302 and ticket)
+user, attributes, _ = CASClientV3(service_url=SERVICE, server_url=BASE).verify_ticket(ticket)
+check('remember-me: python-cas sees longTermAuthenticationRequestTokenUsed',
+      user == USER and (attributes or {}).get('longTermAuthenticationRequestTokenUsed') == 'true', attributes)
+plain = requests.Session()
+password_login(plain, SERVICE)
+r = restarted(plain).get(BASE + 'login', params={'service': SERVICE}, allow_redirects=False)
+check('without remember-me a restarted browser is asked again', r.status_code == 200 and 'name="password"' in r.text)
+
+# Single logout over https to an application behind a private CA (tls.client.extra_ca_file on the server).
+cert, key = os.environ.get('CASD_INTEROP_TLS_CERT'), os.environ.get('CASD_INTEROP_TLS_KEY')
+check('https receiver: certificate given', cert and key)
+if cert and key:
+    https_bodies = []
+
+    class HttpsApp(App):
+        def do_POST(self):
+            length = int(self.headers.get('Content-Length', 0))
+            https_bodies.append(self.rfile.read(length).decode())
+            self.send_response(200)
+            self.end_headers()
+
+    https_server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), HttpsApp)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    https_server.socket = context.wrap_socket(https_server.socket, server_side=True)
+    threading.Thread(target=https_server.serve_forever, daemon=True).start()
+    secure = f'https://127.0.0.1:{https_server.server_port}/secure-app'
+    b = requests.Session()
+    secure_ticket = ticket_from(password_login(b, secure))
+    user, _, _ = CASClientV3(service_url=secure, server_url=BASE).verify_ticket(secure_ticket)
+    check('https app: python-cas validates its ticket', user == USER, user)
+    b.get(BASE + 'logout', allow_redirects=False)
+    check('https app: the logout request arrives over TLS', wait_for(https_bodies, 1))
+    check('https app: python-cas accepts it', https_bodies and
+          CASClientV3.verify_logout_request(logout_request_of(https_bodies[0]), secure_ticket), https_bodies)
 
 passed, failed = results.count(True), results.count(False)
 print(f'{passed} passed, {failed} failed')
