@@ -118,8 +118,9 @@ pub async fn form(State(app): State<AppState>, headers: HeaderMap, Query(p): Que
                 Ok(st) => {
                     app.metrics.issued(TicketKind::St);
                     // `warn` (the request's, or the browser's warn cookie): single sign-on must not be transparent.
-                    if method == ResponseMethod::Get && (p.flag("warn") || app.cookie.warns(&headers)) {
-                        return warn_page(&app, &view, s, &st);
+                    // HEADER is for programs, which have no one to ask.
+                    if method != ResponseMethod::Header && (p.flag("warn") || app.cookie.warns(&headers)) {
+                        return warn_page(&app, &view, s, &st, method);
                     }
                     send_ticket(&view, s, &st, method)
                 }
@@ -318,13 +319,18 @@ pub(super) async fn open_session(
 
 /// The `warn` interstitial (CAS 3.0 §2.1.1): the ticket is issued, but the browser goes on only if its user says
 /// so. Only to a registered service, as every redirect.
-fn warn_page(app: &AppState, view: &View<'_>, service: &str, st: &TicketId) -> Response {
+fn warn_page(app: &AppState, view: &View<'_>, service: &str, st: &TicketId, method: ResponseMethod) -> Response {
     let registered = app.services.find(service);
     let name = registered.as_ref().map_or(service, |s| s.name.as_str());
+    let question = Text::new("message.warn").with("service", name);
+    if method == ResponseMethod::Post {
+        // The ticket goes on by POST, as asked, but only when the user presses the button.
+        return view.post_redirect(service, st.as_str(), Some(&question));
+    }
     view.message(
         StatusCode::OK,
         "message.warn_title",
-        Text::new("message.warn").with("service", name),
+        question,
         Tone::Ok,
         Some((&with_query_param(service, "ticket", st.as_str()), "message.continue".into())),
     )
@@ -385,7 +391,7 @@ async fn show_form(
 fn send_ticket(view: &View<'_>, service: &str, st: &TicketId, method: ResponseMethod) -> Response {
     match method {
         ResponseMethod::Get => found(&with_query_param(service, "ticket", st.as_str())),
-        ResponseMethod::Post => view.post_redirect(service, st.as_str()),
+        ResponseMethod::Post => view.post_redirect(service, st.as_str(), None),
         ResponseMethod::Header => {
             let mut r = StatusCode::OK.into_response();
             for (name, value) in [("service", service), ("ticket", st.as_str())] {

@@ -346,9 +346,12 @@ impl View<'_> {
         context! { t => self.bundle(), lang => self.lang, theme_css => self.theme.css, logo_theme => logo }
     }
 
-    /// `method=POST` (CAS 3.0 §2.1.1): a form that posts the ticket to the service; a button if scripts are off.
-    pub fn post_redirect(&self, service: &str, ticket: &str) -> Response {
-        self.theme.render("post_redirect.html", context! { service, ticket, ..self.context() }).into_response()
+    /// `method=POST` (CAS 3.0 §2.1.1): a form that posts the ticket to the service, sent by a script (a button if
+    /// scripts are off); with a `warn` question, only by the button.
+    pub fn post_redirect(&self, service: &str, ticket: &str, warn: Option<&Text>) -> Response {
+        let question = warn.map(|w| self.text(w));
+        let ctx = context! { service, ticket, question, auto => question.is_none(), ..self.context() };
+        self.theme.render("post_redirect.html", ctx).into_response()
     }
 
     pub fn login(&self, status: StatusCode, action: &str, form: &LoginForm<'_>) -> Response {

@@ -252,6 +252,19 @@ async fn warn_makes_single_sign_on_stop_at_a_page_naming_the_application() {
     let xml = call(&node, "/serviceValidate", &[("service", APP), ("ticket", &ticket)]).await;
     assert_eq!(user_of(&xml).as_deref(), Some(USER), "{xml}");
 
+    // method=POST: the same question, and the ticket goes on by a form the user submits (no auto-submit script).
+    let posted = sso(format!("TGC={tgc}; CASPRIVACY=true"), "&method=POST").await;
+    assert_eq!(posted.status().as_u16(), 200);
+    let body = unescape_html(&posted.text().await.expect("body"));
+    assert!(body.contains("You are about to log in to") && body.contains("method=\"post\""), "{body}");
+    assert!(!body.contains(".submit()"), "not sent before the user says so: {body}");
+    let ticket =
+        regex::Regex::new(r#"name="ticket" value="(ST-[A-Za-z0-9-]+)""#).expect("re").captures(&body).expect("a form")
+            [1]
+        .to_owned();
+    let xml = call(&node, "/serviceValidate", &[("service", APP), ("ticket", &ticket)]).await;
+    assert_eq!(user_of(&xml).as_deref(), Some(USER), "{xml}");
+
     assert_eq!(sso(format!("TGC={tgc}"), "").await.status().as_u16(), 302, "no cookie, no warning");
     assert_eq!(sso(format!("TGC={tgc}"), "&warn=true").await.status().as_u16(), 200, "warn on the request");
     // A login without the box clears the cookie the browser holds; a browser without one gets one Set-Cookie.
