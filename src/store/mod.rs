@@ -384,6 +384,10 @@ impl Writer {
                 }
             }
             let mut result = Ok(());
+            // Where this batch starts: a failed write is cut back to exactly here. (Working back from the position
+            // after the failure cut earlier, acknowledged records whenever the write had failed part-way or at
+            // once: a full disk ate the sessions stored before it.)
+            let start = self.file.stream_position();
             if !buf.is_empty() {
                 result = self.file.write_all(&buf);
                 dirty = true;
@@ -397,7 +401,7 @@ impl Writer {
             match &result {
                 Err(e) => {
                     tracing::error!(path = %self.path.display(), error = %e, "journal write failed; the changes are not stored");
-                    self.undo(buf.len(), position, before);
+                    self.undo(start, position, before);
                 }
                 Ok(()) => {
                     if let Some(c) = self.compacting.as_mut() {
@@ -429,15 +433,12 @@ impl Writer {
 
     /// A failed write may have left part of the batch in the file: cut back to before it, so that later records
     /// do not follow a torn one (which would cut them too at the next start).
-    fn undo(&mut self, written: usize, position: u64, records: usize) {
-        let cut =
-            self.file.stream_position().map(|end| end.saturating_sub(written as u64).max(HEADER_LEN as u64)).and_then(
-                |keep| {
-                    let len = self.file.metadata()?.len().min(keep);
-                    self.file.set_len(len)?;
-                    self.file.seek(SeekFrom::Start(len))
-                },
-            );
+    fn undo(&mut self, start: std::io::Result<u64>, position: u64, records: usize) {
+        let cut = start.and_then(|keep| {
+            let len = self.file.metadata()?.len().min(keep.max(HEADER_LEN as u64));
+            self.file.set_len(len)?;
+            self.file.seek(SeekFrom::Start(len))
+        });
         if let Err(e) = cut {
             tracing::error!(path = %self.path.display(), error = %e, "cannot cut a failed write back out of the journal");
         }
