@@ -9,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use dashmap::DashMap;
 
+use super::persist::Pending;
 use crate::clock::EpochMs;
 use crate::ticket::{ExpiryPolicy, Ticket, TicketId};
 
@@ -41,6 +42,14 @@ pub trait TicketMap<V: Ticket>: Send + Sync {
     }
     /// Applies a change to a stored ticket; `false` when the ticket is absent.
     async fn change(&self, id: &TicketId, change: V::Change) -> Result<bool, MapError>;
+    /// As [`TicketMap::change`], replicated before it returns, but the local disk write (durability `sync`) is
+    /// the caller's to wait for, through the returned [`Pending`], before anything relies on the change.
+    async fn change_deferred(&self, id: &TicketId, change: V::Change) -> Result<(bool, Pending), MapError> {
+        Ok((self.change(id, change).await?, Pending::done()))
+    }
+    /// Makes the consume of ticket `id` (by `take`, here or for a peer) wait for `pending` before it hands the
+    /// ticket out. A map without a disk has nothing to wait for.
+    fn hold(&self, _id: &TicketId, _pending: Pending) {}
     /// Removes every ticket expired at `now` and returns them (for single logout of expired TGTs).
     async fn sweep(&self, policy: &ExpiryPolicy, now: EpochMs) -> Vec<(TicketId, Arc<V>)>;
     /// Removes every ticket for which `doomed` holds (e.g. the PGTs of a destroyed TGT).

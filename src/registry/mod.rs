@@ -312,11 +312,16 @@ impl TicketRegistry {
         let service = ticket.service.clone();
         map.insert(&id, ticket).await?;
         let change = TgtChange::Granted { ticket: id.to_string(), service, at: now };
-        if !self.maps.tgt.change(tgt_id, change).await? {
+        let (granted, on_disk) = self.maps.tgt.change_deferred(tgt_id, change).await?;
+        if !granted {
             // The TGT ended (logout) between the check and the grant: the new ticket must not outlive it.
             let _ = map.take(&id).await;
             return Err(RegistryError::SessionEnded);
         }
+        // Under durability `sync` the grant (which single logout needs after a restart) must be on disk before the
+        // application learns who the user is: the ticket's validation waits for it, not its issue. The browser's
+        // trip to the application hides the sync; a node that dies before it refuses the ticket anyway.
+        map.hold(&id, on_disk);
         Ok(id)
     }
 

@@ -32,6 +32,11 @@ impl Pending {
         Self(Some(receiver))
     }
 
+    /// Whether there is anything to wait for.
+    pub fn is_waiting(&self) -> bool {
+        self.0.is_some()
+    }
+
     pub async fn durable(self) -> Result<(), MapError> {
         match self.0 {
             None => Ok(()),

@@ -151,6 +151,9 @@ pub struct ReplicatedMap<V> {
     /// The local journal (issue 14), set once the map has been restored from it. Every change of a slot is recorded
     /// as the entry a peer would get, so replaying the journal is a series of joins that rebuilds the map.
     persist: OnceLock<Arc<dyn Persist>>,
+    /// Tickets whose consume must first see a write on disk (a service ticket's grant in its TGT, under durability
+    /// `sync`): held until consumed, or until the ticket expires (`sweep`).
+    holds: DashMap<TicketId, Pending>,
 }
 
 impl<V: Ticket> ReplicatedMap<V> {
@@ -162,6 +165,7 @@ impl<V: Ticket> ReplicatedMap<V> {
             live: AtomicUsize::new(0),
             replicator,
             persist: OnceLock::new(),
+            holds: DashMap::new(),
         }
     }
 
@@ -299,6 +303,14 @@ impl<V: Ticket> ReplicatedMap<V> {
             tracing::warn!(error = %e, "a removal is replicated but not stored on this node's disk");
         }
         copies
+    }
+
+    /// Waits for what the consume of `id` must not outrun (see [`TicketMap::hold`]).
+    async fn settle(&self, id: &TicketId) -> Result<(), MapError> {
+        match self.holds.remove(id) {
+            Some((_, pending)) => pending.durable().await,
+            None => Ok(()),
+        }
     }
 
     /// The owner's consume of a one-time ticket. The decision is the owner's alone (a peer never decides, and a
@@ -441,7 +453,11 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
             return Ok(self.consume_here(id));
         }
         match self.replicator.owner(&origin.node, origin.generation) {
-            Owner::Me => Ok(self.consume_here(id)),
+            Owner::Me => {
+                let value = self.consume_here(id);
+                self.settle(id).await?;
+                Ok(value)
+            }
             owner @ Owner::Peer { .. } => {
                 let value =
                     self.replicator.forward_consume(&owner, self.policy.map, id.as_str()).await.map_err(|e| {
@@ -455,7 +471,19 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
         }
     }
 
+    fn hold(&self, id: &TicketId, pending: Pending) {
+        if pending.is_waiting() {
+            self.holds.insert(id.clone(), pending);
+        }
+    }
+
     async fn change(&self, id: &TicketId, change: V::Change) -> Result<bool, MapError> {
+        let (changed, stored) = self.change_deferred(id, change).await?;
+        stored.durable().await?;
+        Ok(changed)
+    }
+
+    async fn change_deferred(&self, id: &TicketId, change: V::Change) -> Result<(bool, Pending), MapError> {
         let op = match self.slots.get_mut(id) {
             Some(mut held) => match &mut held.slot {
                 Slot::Live(v, hash) => {
@@ -466,14 +494,13 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
                     *hash = after;
                     op
                 }
-                Slot::Removed { .. } => return Ok(false),
+                Slot::Removed { .. } => return Ok((false, Pending::done())),
             },
-            None => return Ok(false),
+            None => return Ok((false, Pending::done())),
         };
         let stored = self.record(&op);
         self.replicate(op).await;
-        stored.durable().await?;
-        Ok(true)
+        Ok((true, stored))
     }
 
     /// An expired ticket becomes a tombstone rather than vanishing: a peer that has not swept yet could otherwise
@@ -500,6 +527,10 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
             }
             Slot::Live(..) => true,
         });
+        // Holds of tickets that can no longer be consumed (expired, or removed) have nothing left to guard.
+        if !self.holds.is_empty() {
+            self.holds.retain(|id, _| self.slots.get(id).is_some_and(|h| matches!(h.slot, Slot::Live(..))));
+        }
         expired
     }
 
@@ -545,6 +576,10 @@ impl<V: Ticket> MapReplica for ReplicatedMap<V> {
             return Err(NotOwner);
         }
         let value = self.consume_here(&id);
+        if let Err(e) = self.settle(&id).await {
+            tracing::warn!(ticket = %id.redacted(), error = %e, "consume refused: what it depends on is not on disk");
+            return Ok(None);
+        }
         Ok(value.map(|v| postcard::to_allocvec(&*v).expect("tickets always serialise")))
     }
 
@@ -598,6 +633,45 @@ mod tests {
             services: Default::default(),
             long_term: false,
         }
+    }
+
+    /// A consume waits for what its ticket is held on (the grant's sync), and fails if that write failed: a
+    /// service ticket never validates before the session's record of it is on disk.
+    #[tokio::test]
+    async fn a_held_ticket_is_handed_out_only_once_its_hold_is_on_disk() {
+        use crate::ticket::ServiceTicket;
+        let st = |n: u64| ServiceTicket {
+            service: "https://app/".into(),
+            tgt: "TGT-x".into(),
+            from_new_login: true,
+            created: n,
+            proxies: Vec::new(),
+        };
+        let m: ReplicatedMap<ServiceTicket> =
+            ReplicatedMap::new(MapPolicy::of(MapId::St, &ExpiryPolicy::default(), 1), Arc::new(SingleNode));
+        let ids = IdGenerator::new("n", 1, &[7; 32]);
+        let (ok_id, bad_id) = (ids.mint(TicketKind::St), ids.mint(TicketKind::St));
+        m.insert(&ok_id, st(1)).await.expect("insert");
+        m.insert(&bad_id, st(2)).await.expect("insert");
+        let (sync_ok, pending) = tokio::sync::oneshot::channel();
+        m.hold(&ok_id, Pending::waiting(pending));
+        let (sync_bad, pending) = tokio::sync::oneshot::channel();
+        m.hold(&bad_id, Pending::waiting(pending));
+
+        let m = Arc::new(m);
+        let taking = tokio::spawn({
+            let (m, id) = (m.clone(), ok_id.clone());
+            async move { m.take(&id).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!taking.is_finished(), "not handed out before the sync");
+        sync_ok.send(Ok(())).expect("send");
+        let got = taking.await.expect("join").expect("taken");
+        assert_eq!(got.map(|t| t.created), Some(1));
+
+        sync_bad.send(Err("disk full".into())).expect("send");
+        assert!(m.take(&bad_id).await.is_err(), "a failed sync refuses the consume");
+        assert!(m.take(&bad_id).await.expect("second").is_none(), "and the ticket is used up all the same");
     }
 
     #[tokio::test]
