@@ -167,6 +167,14 @@ impl Node {
             }
             None => Box::new(|_| true),
         };
+        if storage.is_some() {
+            // Off the start path (1M sessions take a moment): the cap is exact again within it.
+            let (registry, node) = (app.registry.clone(), config.node.name.clone());
+            tasks.spawn_blocking(move || {
+                let restored = registry.rebuild_session_counts(&node, crate::clock::now_ms());
+                tracing::info!(sessions = restored, "per-user session counts rebuilt from the journal");
+            });
+        }
         tasks.spawn(sweeper::run(app.clone(), sends_logout, config.tickets.sweep_interval, stops.graceful.clone()));
         if app.services.source().is_some() {
             tasks.spawn(watch_services(app.clone(), config.service_registry.watch_interval, stops.graceful.clone()));

@@ -50,6 +50,8 @@ pub trait TicketMap<V: Ticket>: Send + Sync {
     /// Makes the consume of ticket `id` (by `take`, here or for a peer) wait for `pending` before it hands the
     /// ticket out. A map without a disk has nothing to wait for.
     fn hold(&self, _id: &TicketId, _pending: Pending) {}
+    /// Every live ticket (for rebuilding what the node derives from them after a restart).
+    fn live_entries(&self) -> Vec<(TicketId, Arc<V>)>;
     /// Removes every ticket expired at `now` and returns them (for single logout of expired TGTs).
     async fn sweep(&self, policy: &ExpiryPolicy, now: EpochMs) -> Vec<(TicketId, Arc<V>)>;
     /// Removes every ticket for which `doomed` holds (e.g. the PGTs of a destroyed TGT).
@@ -97,6 +99,10 @@ impl<V: Ticket> TicketMap<V> for LocalMap<V> {
 
     async fn change(&self, id: &TicketId, change: V::Change) -> Result<bool, MapError> {
         Ok(self.entries.get_mut(id).map(|mut e| Arc::make_mut(e.value_mut()).apply(&change)).is_some())
+    }
+
+    fn live_entries(&self) -> Vec<(TicketId, Arc<V>)> {
+        self.entries.iter().map(|e| (e.key().clone(), e.value().clone())).collect()
     }
 
     async fn sweep(&self, policy: &ExpiryPolicy, now: EpochMs) -> Vec<(TicketId, Arc<V>)> {

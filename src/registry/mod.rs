@@ -176,6 +176,27 @@ impl TicketRegistry {
         }
     }
 
+    /// Rebuilds the per-user session counts after a restart from the sessions this node opened (their ids end with
+    /// `node`, whatever the boot) that the journal brought back: without it, the cap started from zero and a user
+    /// could hold its limit again after every restart. Merged with logins made meanwhile, oldest first.
+    pub fn rebuild_session_counts(&self, node: &str, now: EpochMs) -> usize {
+        let mut per_user: std::collections::HashMap<String, Vec<(TicketId, EpochMs)>> = Default::default();
+        for (id, tgt) in self.maps.tgt.live_entries() {
+            if id.origin().is_some_and(|o| o.node == node) && !tgt.is_expired(&self.policy, now) {
+                per_user.entry(tgt.principal.id.clone()).or_default().push((id, tgt.created));
+            }
+        }
+        let restored = per_user.values().map(Vec::len).sum();
+        for (user, sessions) in per_user {
+            let mut queue = self.sessions_by_user.entry(user).or_default();
+            let mut all: Vec<_> = queue.drain(..).chain(sessions).collect();
+            all.sort_by_key(|(_, created)| *created);
+            all.dedup_by(|a, b| a.0 == b.0);
+            queue.extend(all);
+        }
+        restored
+    }
+
     /// The same registry, recording every successful consume of a one-time ticket in `journal` (the chaos lab).
     pub fn with_journal(mut self, journal: Option<journal::ConsumeJournal>) -> Self {
         self.journal = journal;

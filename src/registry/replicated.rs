@@ -471,6 +471,16 @@ impl<V: Ticket> TicketMap<V> for ReplicatedMap<V> {
         }
     }
 
+    fn live_entries(&self) -> Vec<(TicketId, Arc<V>)> {
+        self.slots
+            .iter()
+            .filter_map(|h| match &h.value().slot {
+                Slot::Live(v, _) => Some((h.key().clone(), v.clone())),
+                Slot::Removed { .. } => None,
+            })
+            .collect()
+    }
+
     fn hold(&self, id: &TicketId, pending: Pending) {
         if pending.is_waiting() {
             self.holds.insert(id.clone(), pending);
