@@ -126,6 +126,13 @@ impl Store {
             return Err(StoreError::Locked { path: dir.display().to_string() });
         }
         let path = dir.join("journal");
+        // A compaction's file left by a stop or crash in mid-compaction: never read (the journal is whole without
+        // it; the rename is the last step), so it only takes space.
+        let stale = path.with_extension("new");
+        if stale.exists() {
+            tracing::info!(path = %stale.display(), "removing an unfinished compaction's file");
+            fs::remove_file(&stale).map_err(io(&stale, "cannot remove"))?;
+        }
         let (file, sealer, recovered) = match fs::read(&path) {
             Ok(bytes) if !bytes.is_empty() => {
                 let mut sealer = Sealer::existing(key, &bytes)
@@ -520,6 +527,22 @@ mod tests {
             services: Default::default(),
             long_term: false,
         }
+    }
+
+    /// An unfinished compaction's file (a stop in mid-compaction) is removed at the next open, the journal kept.
+    #[tokio::test]
+    async fn an_unfinished_compaction_file_is_removed_at_open() {
+        let d = dir("stale-new");
+        let key = StorageKey::new([4; 32]);
+        let (store, _) = Store::open(&d, &key, Durability::Sync).expect("open");
+        store.close();
+        drop(store);
+        std::fs::write(d.join("journal.new"), b"half a compaction").expect("write");
+        let journal = std::fs::read(d.join("journal")).expect("journal");
+        let (store, _) = Store::open(&d, &key, Durability::Sync).expect("reopen");
+        assert!(!d.join("journal.new").exists(), "the unfinished file is gone");
+        assert_eq!(std::fs::read(d.join("journal")).expect("journal"), journal, "the journal is untouched");
+        store.close();
     }
 
     /// A session changed over and over (a grant per service ticket) grows the file until a compaction rewrites it
