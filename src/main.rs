@@ -260,8 +260,9 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
                     if let Err(e) = node.reload_tls() {
                         tracing::error!(error = %e, "tls reload failed; keeping the current certificate");
                     }
-                    // Logged by the node either way; a bad file keeps the registry in force.
+                    // Logged by the node either way; a bad file keeps the registry (or the themes) in force.
                     let _ = node.reload_services();
+                    let _ = node.reload_pages();
                 }
                 _ = node.wait() => anyhow::bail!("the http server stopped"),
             }
@@ -269,7 +270,7 @@ fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
     })
 }
 
-/// SIGHUP, which reloads the TLS certificate and the service definition files.
+/// SIGHUP, which reloads the TLS certificate, the service definition files and the themes.
 #[cfg(unix)]
 fn reload_signal() -> anyhow::Result<tokio::signal::unix::Signal> {
     Ok(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?)

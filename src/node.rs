@@ -248,7 +248,7 @@ fn build_app(
             max_tracked: config.throttle.max_tracked,
         }),
         trusted_proxies: config.throttle.trusted_proxies.clone(),
-        pages,
+        pages: cas::pages::LivePages::new(pages, &config.http.base_path, &config.ui),
         cookie: TgcCookie {
             name: config.cookie.name.clone(),
             path: config.http.base_path.clone(),
@@ -310,6 +310,17 @@ impl NodeHandle {
             Ok(Some(n)) => tracing::info!(services = n, "service registry reloaded"),
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "service registry not reloaded; the previous one stays in force"),
+        }
+        r
+    }
+
+    /// Reads the themes again (what SIGHUP does); on an error the pages in force stay.
+    pub fn reload_pages(&self) -> Result<bool, cas::pages::ThemeError> {
+        let r = self.app.pages.reload();
+        match &r {
+            Ok(true) => tracing::info!("themes reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "themes not reloaded; the previous ones stay in force"),
         }
         r
     }

@@ -94,7 +94,8 @@ pub async fn form(State(app): State<AppState>, headers: HeaderMap, Query(p): Que
         None => None,
     };
     let registered = service.and_then(|s| app.services.find(s));
-    let view = app.pages.view(&headers, registered.as_ref().and_then(|r| r.theme.as_deref()));
+    let pages = app.pages.current();
+    let view = pages.view(&headers, registered.as_ref().and_then(|r| r.theme.as_deref()));
     if let (Some(s), Some(r)) = (service, &registered)
         && !r.enabled
     {
@@ -154,7 +155,8 @@ pub async fn submit(
     let addr = super::client_addr::client_addr(addr.ip(), &headers, &app.trusted_proxies);
     if !super::origin::same_origin(&headers) {
         tracing::warn!("login form posted from another site refused");
-        let view = app.pages.view(&headers, None);
+        let pages = app.pages.current();
+        let view = pages.view(&headers, None);
         return view.message(
             StatusCode::FORBIDDEN,
             "message.cross_site_title",
@@ -171,7 +173,8 @@ pub async fn submit(
     let p = form.clone().merged(query);
     let service = p.get("service");
     let registered = service.and_then(|s| app.services.find(s));
-    let view = app.pages.view(&headers, registered.as_ref().and_then(|r| r.theme.as_deref()));
+    let pages = app.pages.current();
+    let view = pages.view(&headers, registered.as_ref().and_then(|r| r.theme.as_deref()));
     match (service, &registered) {
         (Some(s), None) => return unknown_service(&view, s),
         (Some(s), Some(r)) if !r.enabled => return service_disabled(&view, s),

@@ -16,7 +16,8 @@ use super::{AppState, found};
 #[tracing::instrument(skip_all)]
 pub async fn logout(State(app): State<AppState>, headers: HeaderMap, Query(p): Query) -> Response {
     let target = p.get("service").or(p.get("url")).and_then(|s| app.services.find(s));
-    let view = app.pages.view(&headers, target.as_ref().and_then(|r| r.theme.as_deref()));
+    let pages = app.pages.current();
+    let view = pages.view(&headers, target.as_ref().and_then(|r| r.theme.as_deref()));
     let mut confirmed = true;
     let mut front = Vec::new();
     if let Some(value) = app.cookie.read(&headers) {

@@ -37,7 +37,7 @@ pub struct App {
     pub services: services::LiveServices,
     pub authenticator: Arc<dyn Authenticator>,
     pub throttle: Throttle,
-    pub pages: pages::Pages,
+    pub pages: pages::LivePages,
     pub cookie: cookie::TgcCookie,
     pub slo: Arc<slo::SloSender>,
     pub pgt_callback: pgt_callback::PgtCallback,

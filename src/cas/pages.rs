@@ -6,7 +6,8 @@
 //! `theme`) may override any template (`base.html`, `login.html`, `message.html`), add CSS (`style.css`, inlined
 //! after the built-in styles), a logo (`logo.svg` or `logo.png`, served at `<base>/theme/<name>/logo`), and any
 //! message (`messages/<lang>.toml`), or add a language with a complete bundle. Themes are read and checked at start
-//! (a template that does not parse, an unknown message key: an error naming the file).
+//! (a template that does not parse, an unknown message key: an error naming the file), and again on SIGHUP, when
+//! a theme that no longer loads leaves the pages in force as they were.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -45,6 +46,33 @@ struct Theme {
     css: String,
     logo: Option<(&'static str, Vec<u8>)>,
     bundles: BTreeMap<String, Bundle>,
+}
+
+/// The pages in force, swapped whole when the themes are read again (SIGHUP). A request takes one snapshot.
+pub struct LivePages {
+    current: arc_swap::ArcSwap<Pages>,
+    base_path: String,
+    ui: UiConfig,
+}
+
+impl LivePages {
+    pub fn new(pages: Pages, base_path: &str, ui: &UiConfig) -> Self {
+        Self { current: arc_swap::ArcSwap::from_pointee(pages), base_path: base_path.to_owned(), ui: ui.clone() }
+    }
+
+    pub fn current(&self) -> std::sync::Arc<Pages> {
+        self.current.load_full()
+    }
+
+    /// Reads the themes again (`false`: there are none); a theme that no longer loads leaves the pages in force
+    /// as they were.
+    pub fn reload(&self) -> Result<bool, ThemeError> {
+        if self.ui.themes_dir.is_none() {
+            return Ok(false);
+        }
+        self.current.store(std::sync::Arc::new(Pages::load(&self.base_path, &self.ui)?));
+        Ok(true)
+    }
 }
 
 pub struct Pages {

@@ -85,5 +85,5 @@ async fn theme_logo(
     axum::extract::State(app): axum::extract::State<AppState>,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> axum::response::Response {
-    app.pages.logo(&name)
+    app.pages.current().logo(&name)
 }

@@ -91,6 +91,18 @@ async fn a_service_with_a_theme_gets_its_css_logo_and_messages() {
     assert_eq!(logo.status().as_u16(), 200);
     assert_eq!(logo.headers()["content-type"], "image/svg+xml");
     assert_eq!(http().get(format!("{base}/theme/nope/logo")).send().await.expect("logo").status().as_u16(), 404);
+
+    // Themes are read again on SIGHUP (NodeHandle::reload_pages); a broken one leaves the pages in force.
+    let campus = dir.join("campus");
+    std::fs::write(campus.join("messages/en.toml"), "[login]\ntitle = \"Campus sign-in, renewed\"\n").expect("write");
+    assert!(node.reload_pages().expect("reloads"), "themes were read again");
+    let (_, renewed) = page(format!("{base}/login?service={}", enc(CAMPUS_APP)), "en", None).await;
+    assert!(renewed.contains("Campus sign-in, renewed"), "{renewed}");
+    std::fs::write(campus.join("login.html"), "{% if %}").expect("write");
+    let e = node.reload_pages().expect_err("a broken template");
+    assert!(e.to_string().contains("login.html"), "{e}");
+    let (status, kept) = page(format!("{base}/login?service={}", enc(CAMPUS_APP)), "en", None).await;
+    assert!(status == 200 && kept.contains("Campus sign-in, renewed"), "the pages in force stay: {kept}");
     node.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
