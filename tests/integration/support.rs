@@ -377,12 +377,15 @@ impl ServingBinary {
 
     fn spawn(mut command: std::process::Command) -> Self {
         use std::io::BufRead;
-        let mut child = command
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("casd starts");
+        // Owned by the guard at once: a panic below (a log line that is not JSON) must not leave the server running.
+        let mut child = KillOnDrop(
+            command
+                .env("RUST_LOG", "info")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("casd starts"),
+        );
         let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
         let base = loop {
             let line = lines.next().expect("a log line before serving").expect("utf8");
@@ -391,7 +394,7 @@ impl ServingBinary {
                 break v["url"].as_str().expect("url").to_owned();
             }
         };
-        Self { child: KillOnDrop(child), lines, base }
+        Self { child, lines, base }
     }
 }
 
