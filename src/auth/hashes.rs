@@ -44,11 +44,8 @@ pub async fn verify_stored_hash(
     hash: &str,
     password: &str,
 ) -> Result<bool, AuthError> {
-    let format = HashFormat::of(hash).ok_or_else(|| {
-        // The prefix only: a hash is a secret too.
-        let prefix: String = hash.chars().take_while(|c| *c != '$' || hash.starts_with('$')).take(12).collect();
-        AuthError::Backend(format!("unsupported password hash format (starts {prefix:?})"))
-    })?;
+    let format = HashFormat::of(hash)
+        .ok_or_else(|| AuthError::Backend(format!("unsupported password hash format (scheme {:?})", scheme(hash))))?;
     if format == HashFormat::Argon2 {
         return argon2.verify(hash.into(), password.to_owned()).await;
     }
@@ -60,6 +57,19 @@ pub async fn verify_stored_hash(
     })
     .await
     .map_err(|e| AuthError::Backend(format!("password check thread failed: {e}")))?
+}
+
+/// The scheme marker of a stored hash (`$1$`, `{SSHA}`, `sha1$`), to name a format casd cannot verify; never any
+/// of the salt or digest after it (a hash is a secret too). Empty when there is no short marker.
+fn scheme(hash: &str) -> &str {
+    let end = match hash.as_bytes().first() {
+        Some(b'$') => hash[1..].find('$').map(|i| i + 2),
+        Some(b'{') => hash.find('}').map(|i| i + 1),
+        _ => {
+            hash.find('$').filter(|&i| hash[..i].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).map(|i| i + 1)
+        }
+    };
+    end.filter(|&e| e <= 24).map_or("", |e| &hash[..e])
 }
 
 fn verify_now(format: HashFormat, hash: &str, password: &str) -> Result<bool, AuthError> {
@@ -132,5 +142,9 @@ mod tests {
         let cpu = Arc::new(Semaphore::new(1));
         let e = verify_stored_hash(&pool, &cpu, "{SSHA}c2VjcmV0c2VjcmV0", "x").await.expect_err("refused");
         assert!(matches!(&e, AuthError::Backend(m) if !m.contains("c2VjcmV0")), "{e:?}");
+        assert!(matches!(&e, AuthError::Backend(m) if m.contains("\"{SSHA}\"") && !m.contains("c2Vj")), "{e:?}");
+        assert_eq!(scheme("$1$saltsalt$digest"), "$1$");
+        assert_eq!(scheme("sha1$salt$digest"), "sha1$");
+        assert_eq!(scheme("c2VjcmV0c2VjcmV0"), "", "no marker: nothing of the hash");
     }
 }
