@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 
 use super::pages::{LoginForm, Text, Tone, View};
 use super::params::{Params, Query};
-use super::services::with_query_param;
+use super::services::{RegisteredService, with_query_param};
 use super::{AppState, found};
 use crate::auth::Throttled;
 use crate::auth::{AccountProblem, AuthError};
@@ -121,13 +121,13 @@ pub async fn form(State(app): State<AppState>, headers: HeaderMap, Query(p): Que
                     // `warn` (the request's, or the browser's warn cookie): single sign-on must not be transparent.
                     // HEADER is for programs, which have no one to ask.
                     if method != ResponseMethod::Header && (p.flag("warn") || app.cookie.warns(&headers)) {
-                        return warn_page(&app, &view, s, &st, method);
+                        return warn_page(&view, registered.as_deref(), s, &st, method);
                     }
                     send_ticket(&view, s, &st, method)
                 }
                 Err(e) => {
                     tracing::info!(error = %e, "sso grant failed; asking for credentials");
-                    show_form(&app, &view, StatusCode::OK, &p, None, "").await
+                    show_form(&app, &view, registered.as_deref(), StatusCode::OK, &p, None, "").await
                 }
             }
         }
@@ -139,7 +139,7 @@ pub async fn form(State(app): State<AppState>, headers: HeaderMap, Query(p): Que
             Tone::Ok,
             Some((&format!("{}/logout", app.base_path), "message.log_out".into())),
         ),
-        _ => show_form(&app, &view, StatusCode::OK, &p, None, "").await,
+        _ => show_form(&app, &view, registered.as_deref(), StatusCode::OK, &p, None, "").await,
     }
 }
 
@@ -184,7 +184,7 @@ pub async fn submit(
     if username.len() > app.limits.max_username_bytes || password.len() > app.limits.max_password_bytes {
         app.metrics.logins_failed.fetch_add(1, Ordering::Relaxed);
         let msg = Text::new("login.invalid_credentials");
-        return show_form(&app, &view, StatusCode::UNAUTHORIZED, &p, Some(msg), "").await;
+        return show_form(&app, &view, registered.as_deref(), StatusCode::UNAUTHORIZED, &p, Some(msg), "").await;
     }
     let lt_ok = match p.get("lt") {
         Some(lt) => app.registry.consume_lt(lt, now).await.is_ok(),
@@ -192,7 +192,7 @@ pub async fn submit(
     };
     if !lt_ok {
         let msg = Text::new("login.expired_form");
-        return show_form(&app, &view, StatusCode::BAD_REQUEST, &p, Some(msg), username).await;
+        return show_form(&app, &view, registered.as_deref(), StatusCode::BAD_REQUEST, &p, Some(msg), username).await;
     }
     let policy = app.registry.policy();
     let remember = policy.remember_me && form.flag("rememberMe");
@@ -202,17 +202,27 @@ pub async fn submit(
             let wait = t.retry_after.as_secs().max(1);
             let key = if t.per_address { "login.throttled_address" } else { "login.throttled_account" };
             let msg = Text::new(key).with("seconds", wait);
-            return show_form(&app, &view, StatusCode::TOO_MANY_REQUESTS, &p, Some(msg), username).await;
+            return show_form(
+                &app,
+                &view,
+                registered.as_deref(),
+                StatusCode::TOO_MANY_REQUESTS,
+                &p,
+                Some(msg),
+                username,
+            )
+            .await;
         }
         Err(Refused::InvalidCredentials) => {
             let msg = Text::new("login.invalid_credentials");
-            return show_form(&app, &view, StatusCode::UNAUTHORIZED, &p, Some(msg), username).await;
+            return show_form(&app, &view, registered.as_deref(), StatusCode::UNAUTHORIZED, &p, Some(msg), username)
+                .await;
         }
         // Not the user's fault: neither counted against the account nor shown as a wrong password.
         Err(Refused::NotChecked(e)) => return busy(&view, &e),
         Err(Refused::Account(problem)) => {
             let msg = Text::new(account_message(problem));
-            return show_form(&app, &view, StatusCode::FORBIDDEN, &p, Some(msg), username).await;
+            return show_form(&app, &view, registered.as_deref(), StatusCode::FORBIDDEN, &p, Some(msg), username).await;
         }
         Err(Refused::SourceUnavailable) => return directory_unavailable(&view),
         Err(Refused::Unavailable(e)) => return unavailable(&view, &e),
@@ -322,9 +332,14 @@ pub(super) async fn open_session(
 
 /// The `warn` interstitial (CAS 3.0 §2.1.1): the ticket is issued, but the browser goes on only if its user says
 /// so. Only to a registered service, as every redirect.
-fn warn_page(app: &AppState, view: &View<'_>, service: &str, st: &TicketId, method: ResponseMethod) -> Response {
-    let registered = app.services.find(service);
-    let name = registered.as_ref().map_or(service, |s| s.name.as_str());
+fn warn_page(
+    view: &View<'_>,
+    registered: Option<&RegisteredService>,
+    service: &str,
+    st: &TicketId,
+    method: ResponseMethod,
+) -> Response {
+    let name = registered.map_or(service, |s| s.name.as_str());
     let question = Text::new("message.warn").with("service", name);
     if method == ResponseMethod::Post {
         // The ticket goes on by POST, as asked, but only when the user presses the button.
@@ -363,6 +378,7 @@ async fn end_replaced_session(app: &AppState, headers: &HeaderMap) {
 async fn show_form(
     app: &AppState,
     view: &View<'_>,
+    registered: Option<&RegisteredService>,
     status: StatusCode,
     p: &Params,
     error: Option<Text>,
@@ -375,13 +391,10 @@ async fn show_form(
         }
         Err(e) => return unavailable(view, &e),
     };
-    let service = p.get("service");
-    let registered = service.and_then(|s| app.services.find(s));
-    let service_name = registered.as_ref().map(|s| s.name.clone());
     let form = LoginForm {
         lt: lt.as_str(),
-        service,
-        service_name: service_name.as_deref(),
+        service: p.get("service"),
+        service_name: registered.map(|s| s.name.as_str()),
         method: ResponseMethod::parse(p).form_value(),
         username,
         error,
